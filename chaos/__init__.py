@@ -1,0 +1,1 @@
+"""Chaos drills: Toxiproxy fault injection, load, measurement and reports."""

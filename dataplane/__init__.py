@@ -1,0 +1,1 @@
+"""The sidecar: an OpenAI-compatible proxy that routes by pushed policy and fails over locally."""

@@ -1,0 +1,1 @@
+"""Factory simulator: an OpenAI-compatible server with a token-timing model and vLLM metrics."""

@@ -1,0 +1,1 @@
+"""State storage behind one interface: embedded (local disk) or etcd."""
