@@ -1,0 +1,290 @@
+"""The solver on small networks with hand-computed answers: splits, exclusions, backups, churn,
+fallback. Tests read the routes a request would take, including after a factory fails."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import tdn.topology.solver as solver_module
+from tdn.domain import (
+    AdminState,
+    Demand,
+    FactoryLoad,
+    FactorySpec,
+    FactoryState,
+    Health,
+    Plan,
+    Price,
+    Route,
+    Site,
+    Tier,
+    WeightedFactory,
+)
+from tdn.topology.lp import LpFailed
+from tdn.topology.solver import SolveOptions, greedy, solve
+
+FRA = Site(id="fra", region="eu-west", compliance_zone="eu",
+           rtt_ms=(("eu-north", 28.0), ("eu-west", 4.0), ("us-east", 95.0)))
+MUC = Site(id="muc", region="eu-west", compliance_zone="eu", rtt_ms=(("eu-west", 6.0),))
+# Each request holds a slot for 0.5 s + 200 tokens x 22.5 ms = 5 s, so 4 rps keeps 20 in flight.
+TIMING = FactoryLoad(ttft_p50_s=0.5, itl_p50_s=0.0225)
+CAPACITY_ONLY = SolveOptions(queueing_steepness=0.0)
+
+
+def factory(fid: str, price: float, *, max_concurrency: int = 100, region: str = "eu-west",
+            zone: str = "eu", domain: str = "", health: Health = Health.HEALTHY,
+            admin: AdminState = AdminState.ACTIVE, tier: Tier = Tier.EDGE, site: str = "",
+            models: tuple[str, ...] = ("m",)) -> FactoryState:
+    spec = FactorySpec(id=fid, tier=tier, region=region, compliance_zone=zone,
+                       endpoint=f"http://{fid}.test/v1", models=models,
+                       price=Price(price, price), max_concurrency=max_concurrency, site=site,
+                       failure_domain=domain)
+    return FactoryState(spec=spec, load=TIMING, health=health, admin=admin)
+
+
+def demand(rate: float = 4.0, *, site: str = "fra", model: str = "m", ttft_slo_s: float = 2.0,
+           allowed_zones: tuple[str, ...] = ()) -> Demand:
+    return Demand(site=site, model=model, rate_rps=rate, prompt_tokens=1000.0,
+                  output_tokens=200.0, ttft_slo_s=ttft_slo_s, allowed_zones=allowed_zones)
+
+
+def route_of(plan: Plan, site: str = "fra", model: str = "m") -> Route:
+    routes = [r for r in plan.routes_for_site(site) if r.model == model]
+    assert len(routes) == 1, plan.routes
+    return routes[0]
+
+
+def split(route: Route) -> dict[str, float]:
+    return {w.factory_id: w.weight for w in route.primary}
+
+
+def serving(route: Route, down: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """Where a sidecar sends the next request with ``down`` failed: the live primaries, else the
+    first backup level that has a live factory."""
+    for level in (route.primary, *route.backups):
+        live = tuple(w.factory_id for w in level if w.factory_id not in down)
+        if live:
+            return live
+    return ()
+
+
+def test_cheap_factory_takes_what_its_capacity_allows_and_the_rest_overflows() -> None:
+    # cheap: 15 slots less 20% headroom = 12 of the 20 in flight = 60%.
+    factories = [factory("cheap", 0.1, max_concurrency=15), factory("dear", 1.0)]
+    plan = solve(factories, [FRA], [demand(4.0)], options=CAPACITY_ONLY)
+    assert plan.status == "optimal"
+    assert split(route_of(plan)) == {"cheap": 0.6, "dear": 0.4}
+    assert [w.factory_id for w in route_of(plan).primary] == ["cheap", "dear"]
+
+
+def test_greedy_fills_the_cheapest_factory_first_to_the_same_split() -> None:
+    factories = [factory("cheap", 0.1, max_concurrency=15), factory("dear", 1.0)]
+    plan = greedy(factories, [FRA], [demand(4.0)], options=CAPACITY_ONLY)
+    assert plan.status == "fallback:greedy requested"
+    assert split(route_of(plan)) == {"cheap": 0.6, "dear": 0.4}
+
+
+def test_queueing_cost_spreads_load_before_the_cheaper_factory_is_full() -> None:
+    factories = [factory("a", 0.10), factory("b", 0.12)]
+    demands = [demand(8.0)]  # 40 in flight; each factory may plan 80, in 4 segments of 20
+    assert split(route_of(solve(factories, [FRA], demands, options=CAPACITY_ONLY))) == {"a": 1.0}
+    # Filling a's second segment costs 0.032 a slot-second more than b's first; b's higher
+    # price costs 0.0048 a slot-second more. So each fills its first segment: 20 and 20.
+    assert split(route_of(solve(factories, [FRA], demands))) == {"a": 0.5, "b": 0.5}
+
+
+def test_unknown_unhealthy_and_drained_factories_are_in_no_route() -> None:
+    factories = [
+        factory("unknown", 0.1, health=Health.UNKNOWN),
+        factory("sick", 0.1, health=Health.UNHEALTHY),
+        factory("drained", 0.1, admin=AdminState.DRAINED),
+        factory("ok", 1.0),
+        factory("ok-north", 1.0, region="eu-north"),
+    ]
+    plan = solve(factories, [FRA], [demand()])
+    route = route_of(plan)
+    assert set(route.factory_ids()) == {"ok", "ok-north"}
+    reasons = {e[3]: e[4] for e in plan.exclusions}
+    assert reasons == {"unknown": "health unknown", "sick": "unhealthy", "drained": "drained"}
+
+
+def test_cordoned_factory_only_ever_appears_as_a_backup() -> None:
+    factories = [factory("cordoned", 0.1, admin=AdminState.CORDONED, region="eu-north"),
+                 factory("active", 1.0)]
+    route = route_of(solve(factories, [FRA], [demand()]))
+    assert split(route) == {"active": 1.0}
+    assert serving(route, frozenset({"active"})) == ("cordoned",)
+
+
+def test_group_whose_only_eligible_factory_is_cordoned_has_no_primary_but_a_backup() -> None:
+    plan = solve([factory("cordoned", 0.1, admin=AdminState.CORDONED)], [FRA], [demand()])
+    route = route_of(plan)
+    assert route.primary == ()
+    assert serving(route) == ("cordoned",)
+    assert plan.status == "optimal; no eligible factory for fra/m/default"
+
+
+def test_us_factory_never_serves_an_eu_site_however_cheap() -> None:
+    factories = [factory("us", 0.01, region="us-east", zone="us"), factory("eu", 1.0)]
+    plan = solve(factories, [FRA], [demand()])
+    assert "us" not in route_of(plan).factory_ids()
+    assert ("fra", "m", "default", "us", "zone us not allowed for site fra") in plan.exclusions
+
+
+def test_on_site_factory_carries_its_own_sites_traffic_only() -> None:
+    onsite = factory("onsite-fra", 0.01, tier=Tier.ON_SITE, site="fra", zone="on-site:fra",
+                     domain="fra")
+    factories = [onsite, factory("edge", 1.0)]
+    plan = solve(factories, [FRA, MUC], [demand(1.0), demand(1.0, site="muc")])
+    assert "onsite-fra" in split(route_of(plan, "fra"))
+    assert "onsite-fra" not in route_of(plan, "muc").factory_ids()
+
+
+def test_on_site_only_traffic_never_leaves_the_site_even_when_the_site_is_full() -> None:
+    onsite = factory("onsite-fra", 1.0, tier=Tier.ON_SITE, site="fra", zone="on-site:fra",
+                     max_concurrency=5)
+    factories = [onsite, factory("edge", 0.01)]
+    plan = solve(factories, [FRA], [demand(4.0, allowed_zones=("on-site:fra",))])
+    route = route_of(plan)
+    assert route.factory_ids() == ("onsite-fra",)
+    # 4 of the 20 in flight fit on-site; the rest is reported, not sent elsewhere.
+    assert plan.status == "optimal; unserved fra/m/default 80%"
+
+
+def test_factory_too_slow_for_the_slo_is_excluded_with_the_estimate() -> None:
+    far = factory("far", 0.01, region="us-east")  # 95 ms + 0.5 s
+    plan = solve([far, factory("near", 1.0)], [FRA], [demand(ttft_slo_s=0.55)])
+    assert route_of(plan).factory_ids() == ("near",)
+    assert ("fra", "m", "default", "far", "ttft estimate 0.59 s exceeds SLO 0.55 s"
+            ) in plan.exclusions
+
+
+def test_backups_come_from_another_region_then_another_domain_before_cost() -> None:
+    factories = [
+        factory("primary", 0.1, domain="rack-a"),
+        factory("same-rack", 0.2, domain="rack-a"),
+        factory("other-rack", 0.3, domain="rack-b"),
+        factory("north", 0.9, region="eu-north"),
+    ]
+    route = route_of(solve(factories, [FRA], [demand(1.0)]))
+    assert split(route) == {"primary": 1.0}
+    assert [[w.factory_id for w in level] for level in route.backups] == [
+        ["north"], ["other-rack"]]
+    deeper = route_of(solve(factories, [FRA], [demand(1.0)],
+                            options=SolveOptions(backup_depth=3)))
+    assert [level[0].factory_id for level in deeper.backups] == ["north", "other-rack",
+                                                                 "same-rack"]
+
+
+def test_backup_from_the_same_domain_is_used_when_no_other_exists() -> None:
+    factories = [factory("primary", 0.1, domain="rack-a"), factory("twin", 0.2, domain="rack-a")]
+    route = route_of(solve(factories, [FRA], [demand(1.0)]))
+    assert serving(route, frozenset({"primary"})) == ("twin",)
+
+
+def test_backup_level_spreads_failover_over_a_domain_by_capacity() -> None:
+    factories = [factory("primary", 0.1),
+                 factory("north-big", 0.5, region="eu-north", max_concurrency=300),
+                 factory("north-small", 0.4, region="eu-north", max_concurrency=100)]
+    route = route_of(solve(factories, [FRA], [demand(1.0)]))
+    assert [(w.factory_id, w.weight) for w in route.backups[0]] == [
+        ("north-small", 0.25), ("north-big", 0.75)]
+
+
+def test_losing_any_one_factory_leaves_a_route_that_still_serves() -> None:
+    factories = [factory("a", 0.1, max_concurrency=15, domain="rack-a"),
+                 factory("b", 0.2, domain="rack-b"),
+                 factory("n", 0.3, region="eu-north"),
+                 factory("cordoned", 0.05, region="eu-north", domain="x",
+                         admin=AdminState.CORDONED)]
+    route = route_of(solve(factories, [FRA], [demand(4.0)]))
+    for f in factories:
+        survivors = serving(route, frozenset({f.spec.id}))
+        assert survivors, f"losing {f.spec.id} leaves fra/m with nowhere to go"
+        assert f.spec.id not in survivors
+
+
+def test_churn_penalty_keeps_the_previous_split_when_costs_are_equal() -> None:
+    factories = [factory("a", 0.5), factory("b", 0.5)]
+    first = solve(factories, [FRA], [demand(1.0)])
+    assert len(route_of(first).primary) == 1  # with nothing to hold, one factory wins the tie
+    held = Route("m", "default", primary=(WeightedFactory("a", 0.3), WeightedFactory("b", 0.7)))
+    previous = Plan(version=1, routes=(("fra", held),), status="optimal")
+    again = solve(factories, [FRA], [demand(1.0)], previous=previous, version=2)
+    assert split(route_of(again)) == {"b": 0.7, "a": 0.3}
+    assert again.version == 2
+
+
+def test_churn_penalty_does_not_pin_traffic_to_a_factory_that_became_expensive() -> None:
+    previous = solve([factory("a", 0.5), factory("b", 0.5)], [FRA], [demand(1.0)])
+    b_dear = [factory("a", 0.5), factory("b", 5.0)]
+    assert split(route_of(solve(b_dear, [FRA], [demand(1.0)], previous=previous))) == {"a": 1.0}
+
+
+def test_overloaded_network_still_routes_and_says_what_is_unserved() -> None:
+    plan = solve([factory("small", 0.1, max_concurrency=10)], [FRA], [demand(4.0)])
+    assert split(route_of(plan)) == {"small": 1.0}
+    assert plan.status == "optimal; unserved fra/m/default 60%"
+
+
+def test_model_nobody_serves_gets_an_empty_route_and_a_status_note() -> None:
+    plan = solve([factory("a", 0.1)], [FRA], [demand(model="rare")])
+    route = route_of(plan, model="rare")
+    assert route.primary == () and route.backups == ()
+    assert plan.status == "optimal; no eligible factory for fra/rare/default"
+    assert plan.exclusions == (("fra", "rare", "default", "a", "does not serve model"),)
+
+
+def test_failed_lp_falls_back_to_greedy_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    def time_out(*_: object) -> None:
+        raise LpFailed("lp not solved within time limit 2 s")
+
+    monkeypatch.setattr(solver_module, "solve_lp", time_out)
+    factories = [factory("cheap", 0.1, max_concurrency=15), factory("dear", 1.0)]
+    plan = solve(factories, [FRA], [demand(4.0)])
+    assert plan.status == "fallback:lp not solved within time limit 2 s"
+    assert split(route_of(plan)) == {"cheap": 0.6, "dear": 0.4}
+
+
+def test_lp_that_raises_still_yields_a_plan_naming_the_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(solver_module, "solve_lp", broken)
+    plan = solve([factory("a", 0.1)], [FRA], [demand(1.0)])
+    assert plan.status == "fallback:lp raised RuntimeError: boom"
+    assert split(route_of(plan)) == {"a": 1.0}
+
+
+def test_duplicate_demands_for_one_group_are_merged_into_one_route() -> None:
+    factories = [factory("cheap", 0.1, max_concurrency=15), factory("dear", 1.0)]
+    plan = solve(factories, [FRA], [demand(2.0), demand(2.0)], options=CAPACITY_ONLY)
+    assert len(plan.routes) == 1
+    assert split(route_of(plan)) == {"cheap": 0.6, "dear": 0.4}
+
+
+def test_primary_weights_sum_to_one_and_slivers_are_dropped() -> None:
+    factories = [factory(f"f{i}", 0.1 + i / 100, max_concurrency=7) for i in range(7)]
+    plan = solve(factories, [FRA], [demand(6.0)])
+    weights = [w.weight for w in route_of(plan).primary]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-9)
+    assert all(w >= 0.01 for w in weights)
+    assert weights == sorted(weights, reverse=True)
+
+
+def test_same_input_gives_the_identical_plan_whatever_the_input_order() -> None:
+    factories = [factory("a", 0.1, max_concurrency=15), factory("b", 0.2, domain="r"),
+                 factory("c", 0.3, region="eu-north")]
+    demands = [demand(4.0), demand(1.0, site="muc")]
+    one = solve(factories, [FRA, MUC], demands)
+    two = solve(list(reversed(factories)), [MUC, FRA], list(reversed(demands)))
+    assert dataclasses.replace(one, solve_seconds=0.0) == dataclasses.replace(
+        two, solve_seconds=0.0)
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="capacity_headroom"):
+        solve([], [FRA], [], options=SolveOptions(capacity_headroom=1.0))

@@ -1,0 +1,92 @@
+"""Plan → one :class:`SitePolicy` per site: what each site's sidecars are sent.
+
+Each policy ships exactly the factories its routes name (make before break: a policy never
+refers to a factory it does not carry) and passes :meth:`SitePolicy.check`. Values that jitter
+with telemetry are quantised here so that an unchanged plan compiles to an unchanged policy and
+the control plane can skip pushing it (:func:`site_policies_equal_ignoring_version`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from tdn.domain import FactoryEndpoint, FactoryState, Plan, Route, Site, SitePolicy
+from tdn.topology.routes import rounded_weights
+
+
+def ceil_two_significant(value: float) -> float:
+    """Round up to two significant figures (0.314 → 0.32): a deadline basis that is never
+    tighter than observed and does not change with every telemetry report."""
+    if value <= 0 or not math.isfinite(value):
+        return 0.0
+    quantum = 10.0 ** (math.floor(math.log10(value)) - 1)
+    # The small slack keeps exact values (0.3) from rounding up through float error.
+    return round(math.ceil(value / quantum - 1e-9) * quantum, 12)
+
+
+def _endpoint(factory: FactoryState, credential_ref: str) -> FactoryEndpoint:
+    spec = factory.spec
+    return FactoryEndpoint(
+        id=spec.id,
+        tier=spec.tier,
+        region=spec.region,
+        failure_domain=spec.domain,
+        base_url=spec.endpoint,
+        supports_prefill=spec.supports_prefill,
+        ttft_p99_s=ceil_two_significant(factory.load.ttft_p99_s),
+        credential_ref=credential_ref,
+        price=spec.price,
+    )
+
+
+def _shippable(route: Route, known: Mapping[str, FactoryState]) -> Route:
+    """The route without factories that are no longer known (removed between solve and compile),
+    primaries renormalised, empty backup levels dropped."""
+    if all(fid in known for fid in route.factory_ids()):
+        return route
+    primary = rounded_weights({w.factory_id: w.weight for w in route.primary
+                               if w.factory_id in known})
+    backups = []
+    for level in route.backups:
+        kept = rounded_weights({w.factory_id: w.weight for w in level if w.factory_id in known})
+        if kept:
+            backups.append(kept)
+    return Route(route.model, route.traffic_class, primary, tuple(backups))
+
+
+def compile_site_policies(plan: Plan, factories: Sequence[FactoryState], sites: Sequence[Site],
+                          *, credential_refs: Mapping[str, str] | None = None,
+                          generated_at: float = 0.0) -> dict[str, SitePolicy]:
+    """One policy per site (those given and those the plan routes), version ``str(plan.version)``.
+
+    ``credential_refs`` maps a factory id to the name of the credential sidecars use for it;
+    ``generated_at`` is wall-clock seconds supplied by the caller (this core reads no clock).
+    """
+    refs = credential_refs or {}
+    by_id = {f.spec.id: f for f in factories}
+    site_ids = sorted({s.id for s in sites} | {site for site, _ in plan.routes})
+    policies: dict[str, SitePolicy] = {}
+    for site in site_ids:
+        routes = tuple(_shippable(r, by_id) for r in plan.routes_for_site(site))
+        referenced = sorted({fid for r in routes for fid in r.factory_ids()})
+        policy = SitePolicy(
+            site=site,
+            version=str(plan.version),
+            factories=tuple(_endpoint(by_id[fid], refs.get(fid, "")) for fid in referenced),
+            routes=routes,
+            generated_at=generated_at,
+            plan_reason=plan.status,
+        )
+        policy.check()  # a failure here is a bug in this module, never to be shipped
+        policies[site] = policy
+    return policies
+
+
+def site_policies_equal_ignoring_version(a: SitePolicy, b: SitePolicy) -> bool:
+    """Whether a sidecar would route identically under ``a`` and ``b``.
+
+    Ignores ``version``, ``generated_at`` and ``plan_reason``: the plan status is global (a note
+    about another site changes it), and pushing every site for it would be churn, not news.
+    """
+    return a.site == b.site and a.factories == b.factories and a.routes == b.routes

@@ -1,0 +1,57 @@
+"""The knobs of a solve: objective weights, capacity headroom, churn, backups and the time limit.
+
+Every cost term the solver weighs is first normalised to a *cost unit* (see
+:mod:`tdn.topology.costs`) so that a weight of 1.0 on each term is a sensible default, and an
+operator's policy changes the balance by moving weights, not by learning each term's scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True, slots=True)
+class SolveOptions:
+    """How the solver trades price, latency, carbon and energy, and how cautious it is.
+
+    Weights multiply normalised per-request cost terms (1 unit = $0.001 of price, 100 ms of
+    TTFT, 0.1 g of CO2, $0.001 of electricity). ``churn_penalty`` is in cost units per request per
+    second moved off the previous plan's split; ``queueing_steepness`` scales the marginal cost of
+    filling a factory (units per second of occupancy of one concurrency slot, times the M/M/1 delay
+    factor rho/(1-rho) at that fill level).
+    """
+
+    price_weight: float = 1.0
+    latency_weight: float = 1.0
+    carbon_weight: float = 1.0
+    energy_weight: float = 1.0
+    # Share of each factory's concurrency never planned for: room for bursts and for absorbing a
+    # failed neighbour's traffic without a new solve.
+    capacity_headroom: float = 0.2
+    churn_penalty: float = 0.1
+    backup_depth: int = 2
+    time_limit_s: float = 2.0
+    queueing_steepness: float = 0.1
+    # How many equal slices of a factory's plannable capacity carry increasing queueing cost.
+    queueing_segments: int = 4
+    # A factory with a smaller share of a group than this is dropped from its primary set: a
+    # sliver of traffic buys a connection pool and a failure mode, not capacity.
+    min_primary_share: float = 0.01
+
+    def validate(self) -> None:
+        """Raise ValueError for options no solve can honour (a bug in whoever built them)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and (not math.isfinite(value) or value < 0):
+                raise ValueError(f"SolveOptions.{f.name} is {value!r}; must be finite and >= 0")
+        if not self.capacity_headroom < 1.0:
+            raise ValueError(
+                f"SolveOptions.capacity_headroom is {self.capacity_headroom}; must be < 1"
+            )
+        if self.queueing_segments < 1:
+            raise ValueError("SolveOptions.queueing_segments must be at least 1")
+        if self.backup_depth < 0:
+            raise ValueError("SolveOptions.backup_depth must be >= 0")
+        if not self.min_primary_share < 0.5:
+            raise ValueError("SolveOptions.min_primary_share must be < 0.5")
