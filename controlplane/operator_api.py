@@ -1,0 +1,252 @@
+"""The Operator service: what the ``tdn`` CLI and the web UI ask of the control plane.
+
+Reads (topology, plan, status, explain) come from the live components; SetFactoryState persists
+the operator's word in the Store, applies it to the registry and so triggers a re-solve. The
+policy-file methods belong to a later issue and say so (UNIMPLEMENTED) rather than pretend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import NoReturn
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tdn.controlplane.durable_state import save_admin_state
+from tdn.controlplane.registry import FactoryRegistry, UnknownFactory
+from tdn.controlplane.snapshot_cache import SnapshotCache
+from tdn.controlplane.solve_loop import SolveLoop
+from tdn.controlplane.status import StatusSource
+from tdn.domain import AdminState, Demand, FactoryState, Health, Plan, Route, Site
+from tdn.store.base import Store
+from tdn.store.errors import StoreError
+from tdn.topology.costs import request_cost
+from tdn.v1 import operator_pb2, operator_pb2_grpc, telemetry_pb2
+from tdn.wire import energy_to_pb, price_to_pb, site_policy_to_pb, spec_to_identity
+
+log = logging.getLogger(__name__)
+
+POLICY_UNIMPLEMENTED = "policy files arrive with issue #4"
+
+_HEALTH_TO_PB = {
+    Health.HEALTHY: operator_pb2.FACTORY_HEALTH_HEALTHY,
+    Health.UNHEALTHY: operator_pb2.FACTORY_HEALTH_UNHEALTHY,
+    Health.UNKNOWN: operator_pb2.FACTORY_HEALTH_UNKNOWN,
+}
+_ADMIN_TO_PB = {
+    AdminState.ACTIVE: operator_pb2.FACTORY_ADMIN_STATE_ACTIVE,
+    AdminState.CORDONED: operator_pb2.FACTORY_ADMIN_STATE_CORDONED,
+    AdminState.DRAINED: operator_pb2.FACTORY_ADMIN_STATE_DRAINED,
+}
+_ADMIN_FROM_PB = {v: k for k, v in _ADMIN_TO_PB.items()}
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def factory_status_to_pb(state: FactoryState) -> operator_pb2.FactoryStatus:
+    spec, load = state.spec, state.load
+    return operator_pb2.FactoryStatus(
+        identity=spec_to_identity(spec),
+        health=_HEALTH_TO_PB[state.health],
+        admin_state=_ADMIN_TO_PB[state.admin],
+        capacity=telemetry_pb2.Capacity(
+            max_concurrency=spec.max_concurrency,
+            max_output_tokens_per_second=spec.max_output_tokens_per_second),
+        load=telemetry_pb2.Load(
+            running=load.running, waiting=load.waiting, kv_cache_usage=load.kv_cache_usage,
+            prompt_tokens_total=load.prompt_tokens_total,
+            generation_tokens_total=load.generation_tokens_total),
+        latency=telemetry_pb2.Latency(
+            ttft_p50_seconds=load.ttft_p50_s, ttft_p99_seconds=load.ttft_p99_s,
+            itl_p50_seconds=load.itl_p50_s, itl_p99_seconds=load.itl_p99_s),
+        price=price_to_pb(spec.price),
+        energy=energy_to_pb(spec.energy),
+        last_report=_timestamp(state.last_report),
+        reason=state.reason,
+    )
+
+
+def find_route(plan: Plan, site: str, model: str, traffic_class: str) -> Route | None:
+    """The route a sidecar at ``site`` would use: the exact class, else the model's default."""
+    fallback: Route | None = None
+    for route in plan.routes_for_site(site):
+        if route.model != model:
+            continue
+        if route.traffic_class == traffic_class:
+            return route
+        if fallback is None or route.traffic_class == "default":
+            fallback = route
+    return fallback
+
+
+class OperatorService(operator_pb2_grpc.OperatorServicer):
+    """grpc.aio servicer for ``tdn.v1.Operator``."""
+
+    def __init__(self, *, registry: FactoryRegistry, solve_loop: SolveLoop, cache: SnapshotCache,
+                 store: Store, status: StatusSource, sites: Sequence[Site],
+                 demands: Sequence[Demand]) -> None:
+        self._registry = registry
+        self._loop = solve_loop
+        self._cache = cache
+        self._store = store
+        self._status = status
+        self._sites = {s.id: s for s in sites}
+        self._demands = tuple(demands)
+
+    # --- policy files: a later issue -----------------------------------------------------------
+
+    async def _unimplemented(self, context: Context) -> NoReturn:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, POLICY_UNIMPLEMENTED)
+
+    async def ValidatePolicy(self, request: operator_pb2.PolicyDocument,
+                             context: Context) -> operator_pb2.ValidatePolicyResponse:
+        await self._unimplemented(context)
+
+    async def ApplyPolicy(self, request: operator_pb2.PolicyDocument,
+                          context: Context) -> operator_pb2.ApplyPolicyResponse:
+        await self._unimplemented(context)
+
+    async def DiffPolicy(self, request: operator_pb2.PolicyDocument,
+                         context: Context) -> operator_pb2.DiffPolicyResponse:
+        await self._unimplemented(context)
+
+    async def GetPolicy(self, request: operator_pb2.GetPolicyRequest,
+                        context: Context) -> operator_pb2.PolicyRevision:
+        await self._unimplemented(context)
+
+    async def PolicyHistory(self, request: operator_pb2.PolicyHistoryRequest,
+                            context: Context) -> operator_pb2.PolicyHistoryResponse:
+        await self._unimplemented(context)
+
+    async def RollbackPolicy(self, request: operator_pb2.RollbackPolicyRequest,
+                             context: Context) -> operator_pb2.ApplyPolicyResponse:
+        await self._unimplemented(context)
+
+    # --- factories -----------------------------------------------------------------------------
+
+    async def SetFactoryState(self, request: operator_pb2.SetFactoryStateRequest,
+                              context: Context) -> operator_pb2.SetFactoryStateResponse:
+        state = _ADMIN_FROM_PB.get(request.state)
+        if state is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "state must be ACTIVE, CORDONED or DRAINED")
+        if self._registry.get(request.factory_id) is None:
+            known = [f.spec.id for f in self._registry.states()]
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                str(UnknownFactory(request.factory_id, known)))
+        try:
+            # Persist first: an admin state that would be forgotten by a restart is not set.
+            await save_admin_state(self._store, request.factory_id, state)
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"store unavailable, admin state not changed: {exc}")
+        self._registry.set_admin(request.factory_id, state)
+        return operator_pb2.SetFactoryStateResponse(factory_id=request.factory_id,
+                                                    state=_ADMIN_TO_PB[state])
+
+    async def GetTopology(self, request: operator_pb2.GetTopologyRequest,
+                          context: Context) -> operator_pb2.Topology:
+        return operator_pb2.Topology(
+            factories=[factory_status_to_pb(f) for f in self._registry.states()],
+            sites=[operator_pb2.ConsumerSite(id=s.id, region=s.region,
+                                             compliance_zone=s.compliance_zone)
+                   for s in self._sites.values()],
+        )
+
+    # --- plan ----------------------------------------------------------------------------------
+
+    async def GetPlan(self, request: operator_pb2.GetPlanRequest,
+                      context: Context) -> operator_pb2.Plan:
+        if request.site and request.site not in self._sites:
+            await context.abort(grpc.StatusCode.NOT_FOUND, self._unknown_site(request.site))
+        status = self._loop.status()
+        snapshots = [s for s in self._cache.snapshots()
+                     if not request.site or s.policy.site == request.site]
+        return operator_pb2.Plan(
+            version=status.version,
+            solved_at=_timestamp(status.solved_at),
+            status=status.summary,
+            objective=status.objective,
+            solve_seconds=status.solve_seconds,
+            sites=[site_policy_to_pb(s.policy) for s in snapshots],
+        )
+
+    async def GetStatus(self, request: operator_pb2.GetStatusRequest,
+                        context: Context) -> operator_pb2.StatusResponse:
+        view = self._status.status()
+        return operator_pb2.StatusResponse(
+            replica_id=view.replica_id,
+            leader=view.leader,
+            store=view.store,
+            read_only=view.read_only,
+            plan_version=view.plan.version,
+            plan_status=view.plan.summary,
+            sidecars=[
+                operator_pb2.SidecarStatus(
+                    node_id=s.node_id, site=s.site, acked_version=s.acked_version,
+                    last_nack=s.last_nack, lag_seconds=s.lag_seconds, connected=s.connected)
+                for s in view.sidecars
+            ],
+            factories_healthy=view.factories_healthy,
+            factories_total=view.factories_total,
+        )
+
+    async def Explain(self, request: operator_pb2.ExplainRequest,
+                      context: Context) -> operator_pb2.ExplainResponse:
+        if not request.site or not request.model:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "site and model are required")
+        site = self._sites.get(request.site)
+        if site is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, self._unknown_site(request.site))
+        plan = self._loop.plan
+        if plan is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no plan yet")
+        traffic_class = request.traffic_class or "default"
+        route = find_route(plan, site.id, request.model, traffic_class)
+        if route is not None:
+            traffic_class = route.traffic_class
+        exclusions = [(fid, why) for s, m, c, fid, why in plan.exclusions
+                      if (s, m, c) == (site.id, request.model, traffic_class)]
+        if route is None and not exclusions:
+            models = sorted({r.model for r in plan.routes_for_site(site.id)})
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"plan {plan.version} has no route for {request.model}/{traffic_class} at "
+                f"{site.id} (routed models there: {', '.join(models) or 'none'})")
+        demand = next((d for d in self._demands if (d.site, d.model, d.traffic_class)
+                       == (site.id, request.model, traffic_class)), None)
+        states = {f.spec.id: f for f in self._registry.states()}
+
+        def costs(factory_id: str) -> list[operator_pb2.CostTerm]:
+            state = states.get(factory_id)
+            if demand is None or state is None:
+                return []
+            return [operator_pb2.CostTerm(name=n, value=v)
+                    for n, v in request_cost(demand, state, site).named()]
+
+        explained: list[operator_pb2.ExplainedFactory] = []
+        if route is not None:
+            explained += [operator_pb2.ExplainedFactory(
+                factory_id=w.factory_id, role="primary", weight=w.weight,
+                costs=costs(w.factory_id)) for w in route.primary]
+            for level, factories in enumerate(route.backups):
+                explained += [operator_pb2.ExplainedFactory(
+                    factory_id=w.factory_id, role=f"backup-{level}", weight=w.weight,
+                    costs=costs(w.factory_id)) for w in factories]
+        explained += [operator_pb2.ExplainedFactory(factory_id=fid, role="excluded",
+                                                    excluded_by=why)
+                      for fid, why in exclusions]
+        return operator_pb2.ExplainResponse(site=site.id, model=request.model,
+                                            traffic_class=traffic_class,
+                                            plan_version=plan.version, factories=explained)
+
+    def _unknown_site(self, site: str) -> str:
+        return f"unknown site {site!r} (known: {', '.join(sorted(self._sites)) or 'none'})"
