@@ -1,9 +1,6 @@
 """Shared harness of the control-plane tests: a small network, a real control plane on free
 ports with its embedded store in a temporary folder, and test-defined gRPC clients that behave
 like a factory agent, a sidecar and an operator.
-
-It is named ``test_*`` only because that is where control-plane test code lives; it holds no
-tests itself. The other ``test_controlplane_*`` modules import it by name.
 """
 
 from __future__ import annotations
