@@ -8,7 +8,6 @@ import them as ``integration.backing_services`` to build clusters of their own.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -46,12 +45,6 @@ def etcd_binary() -> str:
 
 
 def toxiproxy_binary() -> str:
-    # .ci/run builds Toxiproxy into ~/.cache/tdn/toxiproxy-<version>/server and exports
-    # TDN_TOXIPROXY_BIN; looking there too lets a plain `make test` find it afterwards.
-    if not os.environ.get("TDN_TOXIPROXY_BIN"):
-        built = sorted(Path.home().glob(".cache/tdn/toxiproxy-*/server"))
-        if built:
-            return str(built[-1])
     return find_service_binary(["toxiproxy-server", "toxiproxy"], "TDN_TOXIPROXY_BIN")
 
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from support import free_port
+
 from tdn.chaos.toxiproxy import Proxy, Stream, Toxic, ToxicType, ToxiproxyClient, ToxiproxyError
 
 pytestmark = pytest.mark.integration

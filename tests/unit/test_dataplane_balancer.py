@@ -1,0 +1,61 @@
+"""Which factories a request tries, and in which order, for a given policy (no network)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from test_dataplane_fakes import make_policy
+
+from tdn.dataplane.balancer import Balancer, SmoothWeightedRoundRobin
+from tdn.domain import WeightedFactory
+
+URL = "http://127.0.0.1:9/v1"
+
+
+def firsts(balancer: Balancer, policy_version: str, urls: dict[str, str],
+           primary: list[tuple[str, float]], n: int) -> list[str]:
+    policy = make_policy(policy_version, urls, primary)
+    return [balancer.candidates(policy, policy.routes[0])[0].id for _ in range(n)]
+
+
+def test_first_picks_follow_the_weights_exactly_over_whole_cycles() -> None:
+    urls = {"a": URL, "b": URL, "c": URL}
+    picks = firsts(Balancer(), "v1", urls, [("a", 0.5), ("b", 0.3), ("c", 0.2)], 1000)
+    assert Counter(picks) == {"a": 500, "b": 300, "c": 200}
+
+
+def test_picks_are_interleaved_rather_than_bursty() -> None:
+    picks = firsts(Balancer(), "v1", {"a": URL, "b": URL}, [("a", 0.75), ("b", 0.25)], 8)
+    assert picks == ["a", "a", "b", "a", "a", "a", "b", "a"]
+
+
+def test_order_is_pick_then_other_primaries_then_backup_levels_in_order() -> None:
+    urls = {f: URL for f in ("p1", "p2", "p3", "b1", "b2", "c1")}
+    policy = make_policy("v1", urls, [("p1", 0.2), ("p2", 0.5), ("p3", 0.3)],
+                         [[("b1", 0.4), ("b2", 0.6)], [("c1", 1.0)]])
+    order = [e.id for e in Balancer().candidates(policy, policy.routes[0])]
+    assert order == ["p2", "p3", "p1", "b2", "b1", "c1"]
+
+
+def test_a_factory_listed_twice_is_tried_once() -> None:
+    policy = make_policy("v1", {"a": URL, "b": URL}, [("a", 1.0)], [[("a", 0.5), ("b", 0.5)]])
+    assert [e.id for e in Balancer().candidates(policy, policy.routes[0])] == ["a", "b"]
+
+
+def test_zero_weight_primary_is_never_picked_first_but_remains_a_fallback() -> None:
+    balancer = Balancer()
+    policy = make_policy("v1", {"a": URL, "z": URL}, [("a", 1.0), ("z", 0.0)])
+    orders = [[e.id for e in balancer.candidates(policy, policy.routes[0])] for _ in range(5)]
+    assert orders == [["a", "z"]] * 5
+
+
+def test_new_policy_version_restarts_the_rotation() -> None:
+    balancer = Balancer()
+    urls = {"a": URL, "b": URL}
+    assert firsts(balancer, "v1", urls, [("a", 0.5), ("b", 0.5)], 1) == ["a"]
+    assert firsts(balancer, "v2", urls, [("a", 0.5), ("b", 0.5)], 1) == ["a"]
+
+
+def test_group_without_any_positive_weight_picks_nothing() -> None:
+    group = SmoothWeightedRoundRobin([WeightedFactory("a", 0.0), WeightedFactory("b", -1.0)])
+    assert group.pick() is None

@@ -1,0 +1,115 @@
+"""``tdn proxy``: settings from flags and network files, refusals with clear messages, credentials
+that never leak, and a graceful stop with exit code 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from support import REPO, Proc, free_port, wait_until
+
+from tdn.dataplane import cli
+from tdn.dataplane.credentials import Credentials, CredentialsError, env_name
+from tdn.dataplane.sidecar import SidecarSettings
+
+
+def resolve(argv: list[str],
+            environ: dict[str, str] | None = None) -> tuple[SidecarSettings, Credentials]:
+    return cli.settings_from_args(cli.build_parser().parse_args(argv), environ or {})
+
+
+def test_network_file_gives_site_node_addresses_and_control_plane() -> None:
+    settings, _ = resolve(["--config", str(REPO / "tdn/defaults/up.yaml")])
+    assert settings == SidecarSettings(
+        site="fra-office", node_id="sidecar-fra-1", listen="127.0.0.1:8080",
+        admin="127.0.0.1:9901", controlplane=("127.0.0.1:50051",),
+        state_dir=Path(".tdn/sidecar-sidecar-fra-1"))
+
+
+def test_flags_override_the_network_file_and_control_planes_are_a_comma_list() -> None:
+    settings, _ = resolve(["--config", str(REPO / "tdn/defaults/up.yaml"), "--site", "nyc-office",
+                           "--listen", "127.0.0.1:18080", "--state-dir", "/tmp/x",
+                           "--controlplane", "10.0.0.1:50051, 10.0.0.2:50051"])
+    assert settings.site == "nyc-office"
+    assert settings.listen == "127.0.0.1:18080"
+    assert settings.controlplane == ("10.0.0.1:50051", "10.0.0.2:50051")
+    assert settings.state_dir == Path("/tmp/x")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "--site is required"),
+    (["--site", "s", "--listen", "8080"], "--listen: '8080' is not host:port"),
+    (["--site", "s", "--admin", "127.0.0.1:http"], "--admin: '127.0.0.1:http': port"),
+    (["--site", "s", "--controlplane", "a:1,b"], "--controlplane: 'b' is not host:port"),
+    (["--config", "/nonexistent/net.yaml"], "/nonexistent/net.yaml"),
+])
+def test_bad_flags_exit_2_with_a_clear_message(argv: list[str], message: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_network_file_is_refused_with_file_line_and_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "net.yaml"
+    bad.write_text("sites: []\nsidecar:\n  site: nowhere\n")
+    assert cli.main(["--config", str(bad)]) == 2
+    assert f"{bad}:3: site: unknown site 'nowhere'" in capsys.readouterr().err
+
+
+def test_bad_credentials_file_is_refused_without_printing_any_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "creds.yaml"
+    bad.write_text("eu-pool: sk-secret-1\nus-pool: [sk-secret-2\n")
+    assert cli.main(["--site", "s", "--credentials", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err
+    assert "sk-secret" not in err
+
+
+def test_credentials_come_from_the_file_first_then_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "creds.yaml"
+    path.write_text("eu-pool: sk-file\n")
+    creds = Credentials.from_file(path, environ={"TDN_CREDENTIAL_EU_POOL": "sk-env-eu",
+                                                 "TDN_CREDENTIAL_ON_SITE_1": "sk-env-onsite"})
+    assert creds.authorization("eu-pool") == "Bearer sk-file"
+    assert creds.authorization("on-site.1") == "Bearer sk-env-onsite"
+    assert creds.authorization("missing") is None
+    assert "sk-" not in repr(creds)
+    assert env_name("on-site.1") == "TDN_CREDENTIAL_ON_SITE_1"
+
+
+def test_credentials_file_with_a_non_string_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "creds.yaml"
+    path.write_text("eu-pool: 12345\n")
+    with pytest.raises(CredentialsError, match="'eu-pool' must be a non-empty string"):
+        Credentials.from_file(path, environ={})
+
+
+def test_sigterm_stops_tdn_proxy_gracefully_with_exit_code_0(tmp_path: Path) -> None:
+    admin = free_port()
+    proc = Proc.tdn(["proxy", "--site", "fra-office", "--listen", f"127.0.0.1:{free_port()}",
+                     "--admin", f"127.0.0.1:{admin}", "--state-dir", str(tmp_path / "state"),
+                     "--controlplane", f"127.0.0.1:{free_port()}"], tmp_path / "proxy.log")
+    try:
+        def health() -> dict[str, str] | None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1)
+            except urllib.error.HTTPError as exc:  # 503 until a policy arrives
+                body: dict[str, str] = json.loads(exc.read())
+                return body
+            return None
+
+        assert wait_until(health, timeout=30, what="the admin server") == {
+            "status": "no policy", "node_id": "sidecar-1", "site": "fra-office"}
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(20) == 0
+        log = proc.log()
+    finally:
+        proc.stop()
+    assert "Traceback" not in log
+    assert "policy stream to" in log  # it was trying the (absent) control plane

@@ -1,0 +1,188 @@
+"""Fakes shared by the sidecar tests (this module holds no tests): OpenAI-like factories served by
+small aiohttp apps on loopback, policy builders, and a running in-process sidecar.
+
+A fake factory records every request it receives (path, headers, body) and answers by a
+``behaviour`` coroutine the test chooses, so a test can make one factory refuse, fail with 503,
+hold a stream open or break it off, and then assert what the client saw.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+from support import SHARED
+
+from tdn.dataplane.credentials import Credentials
+from tdn.dataplane.policy_client import Backoff
+from tdn.dataplane.sidecar import Sidecar, SidecarSettings
+from tdn.domain import FactoryEndpoint, Route, SitePolicy, Tier, WeightedFactory
+
+SITE = "fra-office"
+MODEL = "llama-3.1-8b-instruct"
+FIXTURES = SHARED / "fixtures"
+STREAM_FIXTURE = (FIXTURES / "openai-chat-stream-with-usage.txt").read_bytes()
+FAST_BACKOFF = Backoff(initial_s=0.02, max_s=0.1)
+
+Behaviour = Callable[["FakeFactory", web.Request], Awaitable[web.StreamResponse]]
+
+
+def chat_completion(factory_id: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{factory_id}", "object": "chat.completion", "created": 1727346168,
+        "model": MODEL,
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": f"hi from {factory_id}"}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+    }
+
+
+def sse_events(body: bytes) -> list[bytes]:
+    """The events of an SSE body (each without its terminating blank line)."""
+    return [e for e in body.split(b"\n\n") if e]
+
+
+async def answer_openai(factory: FakeFactory, request: web.Request) -> web.StreamResponse:
+    """A well-behaved factory: JSON for plain requests, the recorded OpenAI SSE body for streams."""
+    doc = json.loads(factory.requests[-1].body)
+    if doc.get("stream") is True:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for event in sse_events(STREAM_FIXTURE):
+            await response.write(event + b"\n\n")
+        await response.write_eof()
+        return response
+    if request.path.endswith("/embeddings"):
+        return web.json_response({"object": "list", "model": doc["model"], "data": [
+            {"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]})
+    return web.json_response(chat_completion(factory.id),
+                             headers={"x-request-id": f"upstream-{factory.id}"})
+
+
+async def answer_503(factory: FakeFactory, request: web.Request) -> web.StreamResponse:
+    return web.json_response({"error": {"message": "overloaded", "type": "server_error",
+                                        "param": None, "code": None}}, status=503)
+
+
+@dataclass
+class SeenRequest:
+    path: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+@dataclass
+class FakeFactory:
+    """An OpenAI-compatible upstream on a free loopback port."""
+
+    id: str
+    behaviour: Behaviour = answer_openai
+    requests: list[SeenRequest] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(SeenRequest(request.path, CIMultiDict(request.headers),
+                                         await request.read()))
+        return await self.behaviour(self, request)
+
+    async def start(self) -> FakeFactory:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+@asynccontextmanager
+async def factories(*ids: str) -> AsyncIterator[dict[str, FakeFactory]]:
+    started = {i: await FakeFactory(i).start() for i in ids}
+    try:
+        yield started
+    finally:
+        for f in started.values():
+            await f.stop()
+
+
+@contextmanager
+def reserved_port() -> Iterator[int]:
+    """A loopback port held (bound, never listening) for the whole test.
+
+    While no server listens there, connections to it are refused, and the sidecar's own
+    reconnect attempts can never be given it as their local port (a TCP self-connect), so a
+    server can always be started on it again. gRPC servers bind with SO_REUSEPORT, as this does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+def endpoint(factory_id: str, base_url: str, tier: Tier = Tier.EDGE,
+             credential_ref: str = "") -> FactoryEndpoint:
+    return FactoryEndpoint(id=factory_id, tier=tier, region="eu-west", failure_domain=factory_id,
+                           base_url=base_url, credential_ref=credential_ref)
+
+
+def make_policy(version: str, urls: dict[str, str], primary: list[tuple[str, float]],
+                backups: list[list[tuple[str, float]]] | None = None, *, model: str = MODEL,
+                traffic_class: str = "default", site: str = SITE,
+                tiers: dict[str, Tier] | None = None,
+                credential_refs: dict[str, str] | None = None,
+                extra_routes: tuple[Route, ...] = ()) -> SitePolicy:
+    """A one-route policy; ``urls`` maps factory id to base URL (all of them are shipped)."""
+    tiers = tiers or {}
+    refs = credential_refs or {}
+    route = Route(
+        model=model, traffic_class=traffic_class,
+        primary=tuple(WeightedFactory(f, w) for f, w in primary),
+        backups=tuple(tuple(WeightedFactory(f, w) for f, w in level) for level in backups or []),
+    )
+    return SitePolicy(
+        site=site, version=version,
+        factories=tuple(endpoint(f, u, tiers.get(f, Tier.EDGE), refs.get(f, ""))
+                        for f, u in urls.items()),
+        routes=(route, *extra_routes), generated_at=1_700_000_000.0, plan_reason="test",
+    )
+
+
+def sidecar_settings(tmp: Path | None = None, controlplane: tuple[str, ...] = (),
+                     node_id: str = "sidecar-test") -> SidecarSettings:
+    return SidecarSettings(site=SITE, node_id=node_id, listen="127.0.0.1:0",
+                           admin="127.0.0.1:0", controlplane=controlplane,
+                           state_dir=tmp, backoff=FAST_BACKOFF, shutdown_timeout_s=1.0)
+
+
+@asynccontextmanager
+async def running_sidecar(policy: SitePolicy | None = None, *, tmp: Path | None = None,
+                          controlplane: tuple[str, ...] = (),
+                          credentials: Credentials | None = None,
+                          node_id: str = "sidecar-test") -> AsyncIterator[Sidecar]:
+    sidecar = Sidecar(sidecar_settings(tmp, controlplane, node_id),
+                      credentials if credentials is not None else Credentials(environ={}))
+    if policy is not None:
+        sidecar.set_policy(policy)
+    async with sidecar:
+        yield sidecar
+
+
+CHAT_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "What's the weather?"}]}
