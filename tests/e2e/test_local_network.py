@@ -15,7 +15,6 @@ from typing import Any
 import openai
 import pytest
 import yaml
-
 from support import REPO, Proc, free_port, wait_until
 
 pytestmark = pytest.mark.e2e

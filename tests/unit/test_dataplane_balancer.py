@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from test_dataplane_fakes import make_policy
+from dataplane_support import make_policy
 
 from tdn.dataplane.balancer import Balancer, SmoothWeightedRoundRobin
 from tdn.domain import WeightedFactory

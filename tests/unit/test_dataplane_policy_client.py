@@ -16,8 +16,7 @@ import aiohttp
 import grpc
 import grpc.aio
 import pytest
-from support import async_wait_until
-from test_dataplane_fakes import (
+from dataplane_support import (
     CHAT_BODY,
     FAST_BACKOFF,
     SITE,
@@ -26,6 +25,7 @@ from test_dataplane_fakes import (
     reserved_port,
     running_sidecar,
 )
+from support import async_wait_until
 
 from tdn.dataplane.live_policy import LivePolicy
 from tdn.dataplane.policy_client import Backoff, PolicyClient

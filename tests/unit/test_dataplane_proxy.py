@@ -13,9 +13,7 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
-from multidict import CIMultiDict
-from support import async_wait_until
-from test_dataplane_fakes import (
+from dataplane_support import (
     CHAT_BODY,
     FIXTURES,
     MODEL,
@@ -28,6 +26,8 @@ from test_dataplane_fakes import (
     running_sidecar,
     sse_events,
 )
+from multidict import CIMultiDict
+from support import async_wait_until
 
 from tdn.dataplane.credentials import Credentials
 from tdn.domain import Route, Tier, WeightedFactory
