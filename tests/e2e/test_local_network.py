@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ class LocalTdn:
     base_url: str
     admin_url: str
     http_url: str
+    grpc_address: str
 
     def components(self) -> dict[str, dict[str, Any]]:
         data = json.loads((self.state_dir / "up.json").read_text())
@@ -72,6 +75,7 @@ def local_tdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTdn]:
             base_url=f"http://{net['sidecar']['listen']}/v1",
             admin_url=f"http://{net['sidecar']['admin']}",
             http_url=f"http://{net['controlplane']['http']}",
+            grpc_address=net["controlplane"]["grpc"],
         )
     finally:
         code = proc.stop(timeout=20)
@@ -148,33 +152,52 @@ def test_killed_factory_is_failed_over_and_the_next_request_succeeds(local_tdn: 
     first = client.chat.completions.with_raw_response.create(
         model=MODEL, messages=[{"role": "user", "content": "who serves me?"}], max_tokens=5)
     victim = first.headers["x-tdn-factory"]
+
+    # Make the victim the route's only primary (the others stay as backups), through the
+    # operator CLI, so that the next request is sure to try it first.
+    others = {f["factory_id"] for r in local_tdn.sidecar_policy()["routes"] if r["model"] == MODEL
+              for f in [*r["primary"], *[w for level in r["backups"] for w in level]]} - {victim}
+    for factory in sorted(others):
+        out = subprocess.run([sys.executable, "-m", "tdn.cli", "factory", "cordon", factory,
+                              "--controlplane", local_tdn.grpc_address],
+                             capture_output=True, text=True, timeout=20)
+        assert out.returncode == 0, out.stderr
+        assert f"{factory}: cordoned" in out.stdout
+
+    def victim_is_sole_primary() -> bool:
+        route = _route(local_tdn.sidecar_policy(), MODEL)
+        return [w["factory_id"] for w in route["primary"]] == [victim] and bool(route["backups"])
+
+    wait_until(victim_is_sole_primary, timeout=15, what=f"{victim} as the only primary")
     version_before = local_tdn.sidecar_policy()["version"]
-    pid = local_tdn.components()[f"sim/{victim}"]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not _pid_alive(pid), timeout=5, what=f"{victim} to die")
 
-    served_by: list[str] = []
-    attempts: list[int] = []
-    for i in range(6):
-        raw = client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": f"still there? {i}"}],
-            max_tokens=5)
-        assert raw.parse().choices[0].message.content
-        served_by.append(raw.headers["x-tdn-factory"])
-        attempts.append(int(raw.headers["x-tdn-attempts"]))
-    assert victim not in served_by
-    if local_tdn.sidecar_policy()["version"] == version_before:
-        # The dead factory was still in the sidecar's policy: some request must have tried it
-        # and moved on by itself, without the control plane.
-        assert max(attempts) >= 2, (served_by, attempts)
+    # The machine dies: engine and agent at once. The control plane cannot know before the
+    # telemetry TTL runs out, so the sidecar must fail over on its own.
+    components = local_tdn.components()
+    for name in (f"agent/{victim}", f"sim/{victim}"):
+        os.kill(components[name]["pid"], signal.SIGKILL)
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "still there?"}], max_tokens=5)
+    assert raw.parse().choices[0].message.content
+    assert local_tdn.sidecar_policy()["version"] == version_before
+    assert raw.headers["x-tdn-factory"] != victim
+    assert raw.headers["x-tdn-factory"] in others
+    assert raw.headers["x-tdn-attempts"] == "2"
 
-    # And the control plane notices: a new policy without the victim among the primaries.
-    def victim_out_of_primaries() -> bool:
-        policy = local_tdn.sidecar_policy()
-        return all(victim not in [w["factory_id"] for w in r["primary"]]
-                   for r in policy["routes"])
+    # And the control plane notices (telemetry TTL): a policy without the dead factory.
+    def victim_gone() -> bool:
+        route = _route(local_tdn.sidecar_policy(), MODEL)
+        return victim not in [w["factory_id"] for w in route["primary"]]
 
-    wait_until(victim_out_of_primaries, timeout=15, what="a policy without the dead factory")
+    wait_until(victim_gone, timeout=20, what="a policy without the dead factory")
+    again = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "and now?"}], max_tokens=5)
+    assert again.headers["x-tdn-factory"] != victim
+
+
+def _route(policy: dict[str, Any], model: str) -> dict[str, Any]:
+    return next(r for r in policy["routes"] if r["model"] == model
+                and r.get("traffic_class", "default") == "default")
 
 
 def _pid_alive(pid: int) -> bool:
