@@ -244,6 +244,10 @@ class Route:
     traffic_class: str
     primary: tuple[WeightedFactory, ...]
     backups: tuple[tuple[WeightedFactory, ...], ...] = ()
+    # Model to use instead when the request exceeds this model's context length.
+    context_fallback_model: str = ""
+    # First-byte deadline for this route (seconds); 0 = the site's DataPlaneSettings default.
+    first_byte_timeout_s: float = 0.0
 
     def factory_ids(self) -> tuple[str, ...]:
         ids = [w.factory_id for w in self.primary]
@@ -267,6 +271,33 @@ class FactoryEndpoint:
     price: Price = field(default_factory=lambda: Price(0.0, 0.0))
 
 
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """When a sidecar ejects a factory (Envoy's semantics); 0 means the sidecar's default."""
+
+    consecutive_failures: int = 0
+    failure_rate_threshold: float = 0.0
+    minimum_requests: int = 0
+    interval_s: float = 0.0
+    base_ejection_s: float = 0.0
+    max_ejection_s: float = 0.0
+    max_ejection_percent: float = 0.0
+    panic_threshold_percent: float = 0.0
+    probe_interval_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlaneSettings:
+    """How a site's sidecars behave on failure; 0 / False means the sidecar's default."""
+
+    first_byte_timeout_s: float = 0.0
+    stream_idle_timeout_s: float = 0.0
+    continuation_enabled: bool = False
+    retry_budget_percent: float = 0.0
+    retry_budget_min_concurrency: int = 0
+    outlier: OutlierDetection = field(default_factory=OutlierDetection)
+
+
 class PolicyInconsistent(ValueError):
     """A site policy refers to a factory it does not ship."""
 
@@ -281,11 +312,28 @@ class SitePolicy:
     routes: tuple[Route, ...]
     generated_at: float = 0.0
     plan_reason: str = ""
+    settings: DataPlaneSettings = field(default_factory=DataPlaneSettings)
 
     def check(self) -> None:
-        """Raise :class:`PolicyInconsistent` unless every route names only shipped factories."""
+        """Raise :class:`PolicyInconsistent` unless the policy is safe to route on: a version,
+        routes naming only shipped factories, finite non-negative weights summing to 1."""
+        if not self.version:
+            raise PolicyInconsistent("policy has no version")
         shipped = {f.id for f in self.factories}
+        routed = {r.model for r in self.routes}
         for route in self.routes:
+            weights = [w.weight for w in route.primary]
+            weights += [w.weight for level in route.backups for w in level]
+            if any(not math.isfinite(w) or w < 0 for w in weights):
+                raise PolicyInconsistent(
+                    f"route {route.model}/{route.traffic_class} has a negative or non-finite "
+                    f"weight"
+                )
+            if route.context_fallback_model and route.context_fallback_model not in routed:
+                raise PolicyInconsistent(
+                    f"route {route.model}/{route.traffic_class} falls back to unrouted model "
+                    f"{route.context_fallback_model!r}"
+                )
             missing = [fid for fid in route.factory_ids() if fid not in shipped]
             if missing:
                 raise PolicyInconsistent(

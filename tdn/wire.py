@@ -7,10 +7,12 @@ Messages are converted once, at the edge; nothing inside TDN handles protobuf ob
 from __future__ import annotations
 
 from tdn.domain import (
+    DataPlaneSettings,
     Energy,
     FactoryEndpoint,
     FactoryLoad,
     FactorySpec,
+    OutlierDetection,
     Price,
     Route,
     SitePolicy,
@@ -133,11 +135,56 @@ def _weighted_from_pb(items: object) -> tuple[WeightedFactory, ...]:
     return tuple(WeightedFactory(w.factory_id, w.weight) for w in items)  # type: ignore[attr-defined]
 
 
+def settings_to_pb(s: DataPlaneSettings) -> discovery_pb2.DataPlaneSettings:
+    o = s.outlier
+    return discovery_pb2.DataPlaneSettings(
+        first_byte_timeout_seconds=s.first_byte_timeout_s,
+        stream_idle_timeout_seconds=s.stream_idle_timeout_s,
+        continuation_enabled=s.continuation_enabled,
+        retry_budget_percent=s.retry_budget_percent,
+        retry_budget_min_concurrency=s.retry_budget_min_concurrency,
+        outlier_detection=discovery_pb2.OutlierDetection(
+            consecutive_failures=o.consecutive_failures,
+            failure_rate_threshold=o.failure_rate_threshold,
+            minimum_requests=o.minimum_requests,
+            interval_seconds=o.interval_s,
+            base_ejection_seconds=o.base_ejection_s,
+            max_ejection_seconds=o.max_ejection_s,
+            max_ejection_percent=o.max_ejection_percent,
+            panic_threshold_percent=o.panic_threshold_percent,
+            probe_interval_seconds=o.probe_interval_s,
+        ),
+    )
+
+
+def settings_from_pb(msg: discovery_pb2.DataPlaneSettings) -> DataPlaneSettings:
+    o = msg.outlier_detection
+    return DataPlaneSettings(
+        first_byte_timeout_s=msg.first_byte_timeout_seconds,
+        stream_idle_timeout_s=msg.stream_idle_timeout_seconds,
+        continuation_enabled=msg.continuation_enabled,
+        retry_budget_percent=msg.retry_budget_percent,
+        retry_budget_min_concurrency=msg.retry_budget_min_concurrency,
+        outlier=OutlierDetection(
+            consecutive_failures=o.consecutive_failures,
+            failure_rate_threshold=o.failure_rate_threshold,
+            minimum_requests=o.minimum_requests,
+            interval_s=o.interval_seconds,
+            base_ejection_s=o.base_ejection_seconds,
+            max_ejection_s=o.max_ejection_seconds,
+            max_ejection_percent=o.max_ejection_percent,
+            panic_threshold_percent=o.panic_threshold_percent,
+            probe_interval_s=o.probe_interval_seconds,
+        ),
+    )
+
+
 def site_policy_to_pb(policy: SitePolicy) -> discovery_pb2.SitePolicy:
     msg = discovery_pb2.SitePolicy(
         site=policy.site,
         version=policy.version,
         plan_reason=policy.plan_reason,
+        settings=settings_to_pb(policy.settings),
         factories=[
             discovery_pb2.FactoryEndpoint(
                 id=f.id,
@@ -160,6 +207,8 @@ def site_policy_to_pb(policy: SitePolicy) -> discovery_pb2.SitePolicy:
                 backups=[
                     discovery_pb2.BackupLevel(factories=_weighted_to_pb(b)) for b in r.backups
                 ],
+                context_fallback_model=r.context_fallback_model,
+                first_byte_timeout_seconds=r.first_byte_timeout_s,
             )
             for r in policy.routes
         ],
@@ -175,6 +224,7 @@ def site_policy_from_pb(msg: discovery_pb2.SitePolicy) -> SitePolicy:
         version=msg.version,
         plan_reason=msg.plan_reason,
         generated_at=msg.generated_at.ToNanoseconds() / 1e9,
+        settings=settings_from_pb(msg.settings),
         factories=tuple(
             FactoryEndpoint(
                 id=f.id,
@@ -195,6 +245,8 @@ def site_policy_from_pb(msg: discovery_pb2.SitePolicy) -> SitePolicy:
                 traffic_class=r.traffic_class or "default",
                 primary=_weighted_from_pb(r.primary),
                 backups=tuple(_weighted_from_pb(b.factories) for b in r.backups),
+                context_fallback_model=r.context_fallback_model,
+                first_byte_timeout_s=r.first_byte_timeout_seconds,
             )
             for r in msg.routes
         ),

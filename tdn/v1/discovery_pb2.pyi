@@ -253,8 +253,16 @@ class Route(_message.Message):
     TRAFFIC_CLASS_FIELD_NUMBER: _builtins.int
     PRIMARY_FIELD_NUMBER: _builtins.int
     BACKUPS_FIELD_NUMBER: _builtins.int
+    CONTEXT_FALLBACK_MODEL_FIELD_NUMBER: _builtins.int
+    FIRST_BYTE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     traffic_class: _builtins.str
+    context_fallback_model: _builtins.str
+    """A model to use instead when a factory answers that the request exceeds this model's
+    context length (e.g. a larger-context model); must itself be routed in this policy.
+    """
+    first_byte_timeout_seconds: _builtins.float
+    """First-byte deadline for this route, seconds; 0 means the site default (DataPlaneSettings)."""
     @_builtins.property
     def primary(self) -> _containers.RepeatedCompositeFieldContainer[Global___WeightedFactory]: ...
     @_builtins.property
@@ -268,14 +276,113 @@ class Route(_message.Message):
         traffic_class: _builtins.str = ...,
         primary: _abc.Iterable[Global___WeightedFactory] | None = ...,
         backups: _abc.Iterable[Global___BackupLevel] | None = ...,
+        context_fallback_model: _builtins.str = ...,
+        first_byte_timeout_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backups", b"backups", "model", b"model", "primary", b"primary", "traffic_class", b"traffic_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backups", b"backups", "context_fallback_model", b"context_fallback_model", "first_byte_timeout_seconds", b"first_byte_timeout_seconds", "model", b"model", "primary", b"primary", "traffic_class", b"traffic_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class OutlierDetection(_message.Message):
+    """Envoy-style outlier detection: when a factory is ejected from the sidecar's candidates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    FAILURE_RATE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    MINIMUM_REQUESTS_FIELD_NUMBER: _builtins.int
+    INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    BASE_EJECTION_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_EJECTION_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_EJECTION_PERCENT_FIELD_NUMBER: _builtins.int
+    PANIC_THRESHOLD_PERCENT_FIELD_NUMBER: _builtins.int
+    PROBE_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    consecutive_failures: _builtins.int
+    """Eject after this many consecutive failures (0 disables)."""
+    failure_rate_threshold: _builtins.float
+    """Eject when the failure rate over `interval` exceeds this share (0 disables) and at least
+    `minimum_requests` were seen.
+    """
+    minimum_requests: _builtins.int
+    interval_seconds: _builtins.float
+    base_ejection_seconds: _builtins.float
+    """Ejection time = base × number of times ejected before (exponential), capped by max."""
+    max_ejection_seconds: _builtins.float
+    max_ejection_percent: _builtins.float
+    """At most this share of a route's factories is ejected at once."""
+    panic_threshold_percent: _builtins.float
+    """Below this share of healthy factories the route is in panic: ejection is ignored."""
+    probe_interval_seconds: _builtins.float
+    """Ejected factories are probed this often and return once a probe succeeds."""
+    def __init__(
+        self,
+        *,
+        consecutive_failures: _builtins.int = ...,
+        failure_rate_threshold: _builtins.float = ...,
+        minimum_requests: _builtins.int = ...,
+        interval_seconds: _builtins.float = ...,
+        base_ejection_seconds: _builtins.float = ...,
+        max_ejection_seconds: _builtins.float = ...,
+        max_ejection_percent: _builtins.float = ...,
+        panic_threshold_percent: _builtins.float = ...,
+        probe_interval_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_ejection_seconds", b"base_ejection_seconds", "consecutive_failures", b"consecutive_failures", "failure_rate_threshold", b"failure_rate_threshold", "interval_seconds", b"interval_seconds", "max_ejection_percent", b"max_ejection_percent", "max_ejection_seconds", b"max_ejection_seconds", "minimum_requests", b"minimum_requests", "panic_threshold_percent", b"panic_threshold_percent", "probe_interval_seconds", b"probe_interval_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutlierDetection: _TypeAlias = OutlierDetection  # noqa: Y015
+
+@_typing.final
+class DataPlaneSettings(_message.Message):
+    """How the sidecars of a site behave on failure. Zero values mean "the sidecar's default"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_BYTE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    STREAM_IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    CONTINUATION_ENABLED_FIELD_NUMBER: _builtins.int
+    RETRY_BUDGET_PERCENT_FIELD_NUMBER: _builtins.int
+    RETRY_BUDGET_MIN_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    OUTLIER_DETECTION_FIELD_NUMBER: _builtins.int
+    first_byte_timeout_seconds: _builtins.float
+    """Default first-byte deadline, seconds; 0 means derive it from the factory's observed TTFT
+    p99 (FactoryEndpoint.ttft_p99_seconds), bounded.
+    """
+    stream_idle_timeout_seconds: _builtins.float
+    """A stream idle for longer than this is treated as broken."""
+    continuation_enabled: _builtins.bool
+    """Continue a broken stream on a backup that supports assistant prefill."""
+    retry_budget_percent: _builtins.float
+    """Retries in flight may be at most this share of active requests (Envoy's retry budget)..."""
+    retry_budget_min_concurrency: _builtins.int
+    """...but at least this many, so that a quiet sidecar can still retry."""
+    @_builtins.property
+    def outlier_detection(self) -> Global___OutlierDetection: ...
+    def __init__(
+        self,
+        *,
+        first_byte_timeout_seconds: _builtins.float = ...,
+        stream_idle_timeout_seconds: _builtins.float = ...,
+        continuation_enabled: _builtins.bool = ...,
+        retry_budget_percent: _builtins.float = ...,
+        retry_budget_min_concurrency: _builtins.int = ...,
+        outlier_detection: Global___OutlierDetection | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outlier_detection", b"outlier_detection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continuation_enabled", b"continuation_enabled", "first_byte_timeout_seconds", b"first_byte_timeout_seconds", "outlier_detection", b"outlier_detection", "retry_budget_min_concurrency", b"retry_budget_min_concurrency", "retry_budget_percent", b"retry_budget_percent", "stream_idle_timeout_seconds", b"stream_idle_timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataPlaneSettings: _TypeAlias = DataPlaneSettings  # noqa: Y015
 
 @_typing.final
 class SitePolicy(_message.Message):
@@ -287,6 +394,7 @@ class SitePolicy(_message.Message):
     ROUTES_FIELD_NUMBER: _builtins.int
     GENERATED_AT_FIELD_NUMBER: _builtins.int
     PLAN_REASON_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     site: _builtins.str
     version: _builtins.str
     plan_reason: _builtins.str
@@ -297,6 +405,8 @@ class SitePolicy(_message.Message):
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]: ...
     @_builtins.property
     def generated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def settings(self) -> Global___DataPlaneSettings: ...
     def __init__(
         self,
         *,
@@ -306,10 +416,11 @@ class SitePolicy(_message.Message):
         routes: _abc.Iterable[Global___Route] | None = ...,
         generated_at: _timestamp_pb2.Timestamp | None = ...,
         plan_reason: _builtins.str = ...,
+        settings: Global___DataPlaneSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["generated_at", b"generated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generated_at", b"generated_at", "settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["factories", b"factories", "generated_at", b"generated_at", "plan_reason", b"plan_reason", "routes", b"routes", "site", b"site", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["factories", b"factories", "generated_at", b"generated_at", "plan_reason", b"plan_reason", "routes", b"routes", "settings", b"settings", "site", b"site", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,13 +3,16 @@ TDN must not route on is refused with a reason."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from tdn.config import load_network
 from tdn.domain import (
+    DataPlaneSettings,
     FactoryEndpoint,
+    OutlierDetection,
     PolicyInconsistent,
     Price,
     Route,
@@ -80,8 +83,36 @@ def _policy(routes: tuple[Route, ...]) -> SitePolicy:
 
 def test_site_policy_survives_the_round_trip_through_protobuf() -> None:
     primary = (WeightedFactory("a", 0.25), WeightedFactory("b", 0.75))
-    policy = _policy((Route("m", "default", primary, ((WeightedFactory("b", 1.0),),)),))
+    routes = (
+        Route("m", "default", primary, ((WeightedFactory("b", 1.0),),),
+              context_fallback_model="m-long", first_byte_timeout_s=1.5),
+        Route("m-long", "default", (WeightedFactory("b", 1.0),)),
+    )
+    settings = DataPlaneSettings(
+        first_byte_timeout_s=2.0, stream_idle_timeout_s=5.0, continuation_enabled=True,
+        retry_budget_percent=20.0, retry_budget_min_concurrency=3,
+        outlier=OutlierDetection(consecutive_failures=5, failure_rate_threshold=0.5,
+                                 minimum_requests=10, interval_s=10.0, base_ejection_s=30.0,
+                                 max_ejection_s=300.0, max_ejection_percent=50.0,
+                                 panic_threshold_percent=50.0, probe_interval_s=2.0))
+    policy = dataclasses.replace(_policy(routes), settings=settings)
     assert site_policy_from_pb(site_policy_to_pb(policy)) == policy
+
+
+@pytest.mark.parametrize("weight", [-0.5, math.nan, math.inf])
+def test_policy_with_a_bad_weight_is_refused(weight: float) -> None:
+    route = Route("m", "default", (WeightedFactory("a", 1.0),), ((WeightedFactory("b", weight),),))
+    with pytest.raises(PolicyInconsistent, match="weight"):
+        _policy((route,)).check()
+
+
+def test_policy_without_a_version_or_with_an_unrouted_fallback_is_refused() -> None:
+    route = Route("m", "default", (WeightedFactory("a", 1.0),))
+    with pytest.raises(PolicyInconsistent, match="version"):
+        dataclasses.replace(_policy((route,)), version="").check()
+    fallback = dataclasses.replace(route, context_fallback_model="m-long")
+    with pytest.raises(PolicyInconsistent, match="m-long"):
+        _policy((fallback,)).check()
 
 
 def test_policy_naming_an_unshipped_factory_is_refused() -> None:
