@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
-from support import SHARED
+from support import FIXTURES as _TEST_FIXTURES
 
 from tdn.dataplane.credentials import Credentials
 from tdn.dataplane.policy_client import Backoff
@@ -27,7 +27,7 @@ from tdn.domain import FactoryEndpoint, Route, SitePolicy, Tier, WeightedFactory
 
 SITE = "fra-office"
 MODEL = "llama-3.1-8b-instruct"
-FIXTURES = SHARED / "fixtures"
+FIXTURES = _TEST_FIXTURES
 STREAM_FIXTURE = (FIXTURES / "openai-chat-stream-with-usage.txt").read_bytes()
 FAST_BACKOFF = Backoff(initial_s=0.02, max_s=0.1)
 
