@@ -106,10 +106,12 @@ def test_sigterm_stops_tdn_proxy_gracefully_with_exit_code_0(tmp_path: Path) -> 
 
         assert wait_until(health, timeout=30, what="the admin server") == {
             "status": "no policy", "node_id": "sidecar-1", "site": "fra-office"}
+        # It is trying the (absent) control plane before it is told to stop.
+        wait_until(lambda: "policy stream to" in proc.log(), timeout=30,
+                   what="a policy stream attempt")
         proc.popen.send_signal(signal.SIGTERM)
         assert proc.popen.wait(20) == 0
         log = proc.log()
     finally:
         proc.stop()
     assert "Traceback" not in log
-    assert "policy stream to" in log  # it was trying the (absent) control plane
