@@ -70,7 +70,10 @@ def plan_components(net: NetworkConfig, config_path: str, state_dir: Path) -> li
             log=str(logs / f"sim-{fc.spec.id}.log"),
         ))
     for fc in net.factories:
-        engine = fc.spec.endpoint.removesuffix("/v1")
+        # The agent sits beside its engine: it scrapes the simulator directly, even when the
+        # endpoint sidecars use goes through something else (a drill's Toxiproxy, say).
+        engine = (f"http://127.0.0.1:{fc.sim.port}" if fc.sim
+                  else fc.spec.endpoint.removesuffix("/v1"))
         comps.append(Component(
             name=f"agent/{fc.spec.id}",
             kind="agent",
