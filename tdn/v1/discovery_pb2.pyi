@@ -289,7 +289,11 @@ Global___Route: _TypeAlias = Route  # noqa: Y015
 
 @_typing.final
 class OutlierDetection(_message.Message):
-    """Envoy-style outlier detection: when a factory is ejected from the sidecar's candidates."""
+    """Envoy-style outlier detection: when a factory is ejected from the sidecar's candidates.
+    As everywhere in DataPlaneSettings, a zero field means the sidecar's default (documented in
+    dataplane/README.md); to switch a rule off, set it out of reach (e.g. a failure-rate threshold
+    above 1).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -303,9 +307,9 @@ class OutlierDetection(_message.Message):
     PANIC_THRESHOLD_PERCENT_FIELD_NUMBER: _builtins.int
     PROBE_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     consecutive_failures: _builtins.int
-    """Eject after this many consecutive failures (0 disables)."""
+    """Eject after this many consecutive failures."""
     failure_rate_threshold: _builtins.float
-    """Eject when the failure rate over `interval` exceeds this share (0 disables) and at least
+    """Eject when the failure rate over `interval` exceeds this share and at least
     `minimum_requests` were seen.
     """
     minimum_requests: _builtins.int
