@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test unit lint typecheck proto bench clean
+.PHONY: up test unit lint typecheck proto bench drill clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,20 @@ proto: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH scripts/gen_proto.sh
 
 ## Print benchmark figures and record them in docs/benchmarks.md (never part of make test).
+# The data-plane benchmark drives wrk and compares with HAProxy (Debian packages, installed here
+# when missing and root); LiteLLM installs itself into ~/.cache/tdn/bench-litellm on first use.
 bench: $(STAMP)
+	@if ! command -v wrk >/dev/null 2>&1 || ! command -v haproxy >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk haproxy; \
+	  else echo "bench: install wrk and haproxy (Debian: apt-get install wrk haproxy)"; fi; \
+	fi
 	$(BIN)/python -m bench
+
+## Run every built-in failover drill, full length, against a local TDN behind Toxiproxy; reports
+## (JSON, Markdown, SVG) go to .tdn/drills/<time>/, and a failed expectation fails the target.
+drill: $(STAMP)
+	$(BIN)/tdn drill run --all
 
 clean:
 	rm -rf .build build *.egg-info test-artifacts .tdn

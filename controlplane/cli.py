@@ -12,9 +12,13 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
+
+import grpc
 
 from tdn.config import ConfigError, NetworkConfig, load_network
 from tdn.controlplane.durable_state import CorruptState
+from tdn.controlplane.operator_auth import read_token_file
 from tdn.controlplane.server import (
     DEFAULT_STATE_DIR,
     ControlPlane,
@@ -22,6 +26,7 @@ from tdn.controlplane.server import (
     SettingsError,
 )
 from tdn.store.errors import StoreError
+from tdn.tls import ServerTls, TlsError
 
 log = logging.getLogger("tdn.controlplane")
 
@@ -35,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="NETWORK.yaml",
                    help="network description (sites, demand); default: the embedded network")
     p.add_argument("--store", default="", metavar="URL",
-                   help="embedded:///dir or etcd://host:port (default: embedded in --state-dir)")
+                   help="embedded:///dir, or etcd://host:port[,host:port...] to share state "
+                        "with other replicas (default: embedded in --state-dir)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
                    help="folder of the embedded store (default %(default)s)")
     p.add_argument("--report-interval", type=float, default=1.0, metavar="SECONDS",
@@ -44,7 +50,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--solve-interval", type=float, default=5.0, metavar="SECONDS",
                    help="periodic solve interval; changes trigger earlier solves "
                         "(default %(default)s)")
+    p.add_argument("--solve-quiet", type=float, default=0.1, metavar="SECONDS",
+                   help="debounce: solve once changes have been quiet this long "
+                        "(default %(default)s)")
+    p.add_argument("--solve-max-delay", type=float, default=1.0, metavar="SECONDS",
+                   help="debounce: but never later than this after the first change "
+                        "(default %(default)s)")
+    p.add_argument("--warmup", type=float, default=None, metavar="SECONDS",
+                   help="wait before the first solve after start, for agents to reconnect "
+                        "(default: one telemetry TTL)")
     p.add_argument("--replica-id", default="", help="name in status and logs (default host-pid)")
+    p.add_argument("--lease-ttl", type=int, default=5, metavar="SECONDS",
+                   help="leader election lease on etcd: a dead leader is replaced within it "
+                        "(default %(default)s)")
+    tls = p.add_argument_group("security (default: plain text, no token)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="server certificate; turns TLS on")
+    tls.add_argument("--tls-key", metavar="PEM", help="server private key")
+    tls.add_argument("--tls-client-ca", metavar="PEM",
+                     help="CA that must have signed every client's certificate (mutual TLS)")
+    tls.add_argument("--operator-token-file", metavar="FILE",
+                     help="file holding the bearer token every Operator call must carry")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default %(default)s)")
     return p
@@ -81,6 +106,22 @@ async def _serve(settings: ControlPlaneSettings) -> int:
     return 1
 
 
+def _security(args: argparse.Namespace) -> tuple[grpc.ServerCredentials | None, str]:
+    """Server credentials and operator token from the flags; raises TlsError/TokenFileError
+    (both ValueErrors) naming the flag or file, never the secret."""
+    if args.tls_client_ca and not args.tls_cert:
+        raise TlsError("--tls-client-ca needs --tls-cert and --tls-key")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise TlsError("--tls-cert and --tls-key go together")
+    credentials = None
+    if args.tls_cert:
+        credentials = ServerTls(
+            cert=Path(args.tls_cert), key=Path(args.tls_key),
+            client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None).credentials()
+    token = read_token_file(args.operator_token_file) if args.operator_token_file else ""
+    return credentials, token
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -94,11 +135,15 @@ def main(argv: list[str]) -> int:
         print(f"tdn controlplane: cannot read {args.config}: {exc.strerror or exc}",
               file=sys.stderr)
         return 2
-    settings = ControlPlaneSettings(
-        network=network, grpc_address=args.grpc, http_address=args.http,
-        store_url=args.store, state_dir=args.state_dir, report_interval=args.report_interval,
-        solve_interval=args.solve_interval, replica_id=args.replica_id)
     try:
+        server_credentials, token = _security(args)
+        settings = ControlPlaneSettings(
+            network=network, grpc_address=args.grpc, http_address=args.http,
+            store_url=args.store, state_dir=args.state_dir,
+            report_interval=args.report_interval, solve_interval=args.solve_interval,
+            solve_quiet=args.solve_quiet, solve_max_delay=args.solve_max_delay,
+            warmup=args.warmup, replica_id=args.replica_id, lease_ttl=args.lease_ttl,
+            server_credentials=server_credentials, operator_token=token)
         settings.validate()
     except (SettingsError, ValueError) as exc:
         print(f"tdn controlplane: {exc}", file=sys.stderr)

@@ -1,14 +1,15 @@
 """The control plane's HTTP face: health, Prometheus metrics and a JSON API for the web UI.
 
 Endpoints: ``GET /healthz``, ``GET /metrics``, ``GET /api/topology``, ``GET /api/plan[?site=]``,
-``GET /api/status``, and a placeholder page at ``/`` until the live topology UI arrives.
-Every answer is computed from the live components on request; nothing here holds state.
+``GET /api/status``, and the live topology UI (:mod:`tdn.controlplane.ui`): the page at ``/``,
+its event stream at ``/api/events`` and ``/api/explain``, ``/api/history``, ``/api/timeline``.
+The JSON answers are computed from the live components on request; only the UI's live view
+keeps state (its timeline and telemetry history).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,18 +21,10 @@ from tdn.controlplane.registry import FactoryRegistry
 from tdn.controlplane.snapshot_cache import SnapshotCache
 from tdn.controlplane.solve_loop import SolveLoop
 from tdn.controlplane.status import StatusSource
+from tdn.controlplane.ui.live import LiveView
+from tdn.controlplane.ui.routes import ExplainFn, UiRoutes
 from tdn.domain import FactoryState, Site
 from tdn.topology.graph import build_graph, graph_to_json
-
-_PLACEHOLDER = """<!doctype html>
-<html><head><meta charset="utf-8"><title>TDN control plane</title></head>
-<body>
-<h1>TDN control plane {replica}</h1>
-<p>The live topology view arrives with a later issue. Until then, the JSON it will draw from is
-at <a href="/api/topology">/api/topology</a>; see also <a href="/api/plan">/api/plan</a>,
-<a href="/api/status">/api/status</a> and <a href="/metrics">/metrics</a>.</p>
-</body></html>
-"""
 
 
 def factory_json(state: FactoryState) -> dict[str, Any]:
@@ -45,24 +38,27 @@ class HttpApi:
 
     def __init__(self, *, metrics: ControlPlaneMetrics, registry: FactoryRegistry,
                  solve_loop: SolveLoop, cache: SnapshotCache, status: StatusSource,
-                 sites: Sequence[Site]) -> None:
+                 sites: Sequence[Site], explain: ExplainFn | None = None) -> None:
         self._metrics = metrics
         self._registry = registry
         self._loop = solve_loop
         self._cache = cache
         self._status = status
         self._sites = tuple(sites)
+        self.live = LiveView(registry=registry, solve_loop=solve_loop, cache=cache,
+                             status=status, sites=sites)
+        self._ui = UiRoutes(self.live, explain=explain)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/", self._index)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._prometheus)
         app.router.add_get("/api/topology", self._topology)
         app.router.add_get("/api/plan", self._plan)
         app.router.add_get("/api/status", self._status_json)
+        self._ui.install(app)
         return app
 
     async def start(self, host: str, port: int) -> int:
@@ -85,16 +81,17 @@ class HttpApi:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _index(self, request: web.Request) -> web.Response:
-        page = _PLACEHOLDER.format(replica=html.escape(self._status.replica_id))
-        return web.Response(text=page, content_type="text/html")
-
     async def _healthz(self, request: web.Request) -> web.Response:
         # Liveness of this replica: it answers once serving, whether or not factories have
-        # reported yet (a plan version of 0 says no plan has been made so far).
-        plan = self._loop.status()
-        return web.json_response({"status": "ok", "replica_id": self._status.replica_id,
-                                  "plan_version": plan.version})
+        # reported yet (a plan version of 0 says no plan has been made so far). Read-only (the
+        # store unreachable) is still 200: the replica serves its last plan, and restarting it
+        # would not bring the store back.
+        view = self._status.status()
+        return web.json_response({
+            "status": "read-only" if view.read_only else "ok",
+            "replica_id": view.replica_id, "plan_version": view.plan.version,
+            "leader": view.leader, "read_only": view.read_only,
+            "read_only_reason": view.read_only_reason})
 
     async def _prometheus(self, request: web.Request) -> web.Response:
         body = generate_latest(self._metrics.registry)

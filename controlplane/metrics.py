@@ -62,8 +62,41 @@ class ControlPlaneMetrics:
             ["site"], registry=r)
         self.discovery_convergence = Histogram(
             "tdn_discovery_convergence_seconds",
-            "Time from a site policy version's creation to a sidecar's ACK of it.",
+            "Time from a site policy version reaching this replica to a sidecar's ACK of it.",
             ["site"], buckets=_CONVERGENCE_BUCKETS, registry=r)
+        self.discovery_queue = Histogram(
+            "tdn_discovery_queue_seconds",
+            "Time a new policy version waited, per connected sidecar, between reaching this "
+            "replica and being handed to that sidecar's stream.",
+            ["site"], buckets=_CONVERGENCE_BUCKETS, registry=r)
+        self.discovery_push = Histogram(
+            "tdn_discovery_push_seconds",
+            "Time to write one policy response onto a sidecar's stream.",
+            ["site"], buckets=_CONVERGENCE_BUCKETS, registry=r)
+        self.version_convergence = Histogram(
+            "tdn_policy_convergence_seconds",
+            "Per site policy version: time from its creation by the solver (wall clock, so it "
+            "spans replicas) until every sidecar connected to this replica at the site ACKed it.",
+            ["site"], buckets=_CONVERGENCE_BUCKETS, registry=r)
+        self.policies_refused = Counter(
+            "tdn_policies_refused_total",
+            "Site policies refused before serving because they failed the consistency check.",
+            ["site"], registry=r)
+        # Replication and high availability.
+        self.leader = Gauge(
+            "tdn_controlplane_leader", "1 while this replica leads (solves and writes plans).",
+            registry=r)
+        self.read_only = Gauge(
+            "tdn_controlplane_read_only",
+            "1 while the store is unreachable: the replica serves its last plan and writes "
+            "nothing.", registry=r)
+        self.store_errors = Counter(
+            "tdn_store_errors_total", "Store operations that failed, per operation.",
+            ["operation"], registry=r)
+        self.telemetry_published = Counter(
+            "tdn_telemetry_published_total",
+            "Factory states written to the store for the other replicas, per result.",
+            ["result"], registry=r)
         # Usage.
         self.usage_reports = Counter(
             "tdn_usage_reports_total", "Usage reports by result (counted, duplicate, invalid).",

@@ -2,11 +2,13 @@
 
 Reads (topology, plan, status, explain) come from the live components; SetFactoryState persists
 the operator's word in the Store, applies it to the registry and so triggers a re-solve. The
-policy-file methods belong to a later issue and say so (UNIMPLEMENTED) rather than pretend.
+policy-file methods are :class:`~tdn.controlplane.policy_service.PolicyService`'s; Explain asks
+the pure core (:mod:`tdn.topology.explain`) with the inputs the plan was solved from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import NoReturn
@@ -15,14 +17,15 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tdn.controlplane.durable_state import save_admin_state
+from tdn.controlplane.policy_service import PolicyService
 from tdn.controlplane.registry import FactoryRegistry, UnknownFactory
 from tdn.controlplane.snapshot_cache import SnapshotCache
 from tdn.controlplane.solve_loop import SolveLoop
 from tdn.controlplane.status import StatusSource
-from tdn.domain import AdminState, Demand, FactoryState, Health, Plan, Route, Site
+from tdn.domain import AdminState, Demand, FactoryState, Health, Site
 from tdn.store.base import Store
 from tdn.store.errors import StoreError
-from tdn.topology.costs import request_cost
+from tdn.topology.explain import NoSuchRoute, RouteExplanation, explain
 from tdn.v1 import operator_pb2, operator_pb2_grpc, telemetry_pb2
 from tdn.wire import energy_to_pb, price_to_pb, site_policy_to_pb, spec_to_identity
 
@@ -74,17 +77,25 @@ def factory_status_to_pb(state: FactoryState) -> operator_pb2.FactoryStatus:
     )
 
 
-def find_route(plan: Plan, site: str, model: str, traffic_class: str) -> Route | None:
-    """The route a sidecar at ``site`` would use: the exact class, else the model's default."""
-    fallback: Route | None = None
-    for route in plan.routes_for_site(site):
-        if route.model != model:
-            continue
-        if route.traffic_class == traffic_class:
-            return route
-        if fallback is None or route.traffic_class == "default":
-            fallback = route
-    return fallback
+def explanation_to_pb(answer: RouteExplanation, exact: bool) -> operator_pb2.ExplainResponse:
+    """The explanation as the wire carries it. The group's rules, its failure protection and
+    notes travel as rows with role "note" (factory_id names the topic, excluded_by the text),
+    which clients that only know factory rows can skip."""
+    rows = [operator_pb2.ExplainedFactory(
+        factory_id=f.factory_id, role=f.role, weight=f.weight, excluded_by=f.excluded_by,
+        costs=[operator_pb2.CostTerm(name=n, value=v) for n, v in f.costs])
+        for f in answer.factories]
+    notes = [("requirement", text) for text in answer.requirements]
+    notes += [("protection", text) for text in answer.protection]
+    notes += [("note", text) for text in answer.notes]
+    if not exact:
+        notes.append(("note", "explained with this replica's current view: the plan was "
+                              "solved by the leader"))
+    rows += [operator_pb2.ExplainedFactory(factory_id=topic, role="note", excluded_by=text)
+             for topic, text in notes]
+    return operator_pb2.ExplainResponse(site=answer.site, model=answer.model,
+                                        traffic_class=answer.traffic_class,
+                                        plan_version=answer.plan_version, factories=rows)
 
 
 class OperatorService(operator_pb2_grpc.OperatorServicer):
@@ -92,8 +103,9 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     def __init__(self, *, registry: FactoryRegistry, solve_loop: SolveLoop, cache: SnapshotCache,
                  store: Store, status: StatusSource, sites: Sequence[Site],
-                 demands: Sequence[Demand]) -> None:
+                 demands: Sequence[Demand], policies: PolicyService | None = None) -> None:
         self._registry = registry
+        self._policies = policies
         self._loop = solve_loop
         self._cache = cache
         self._store = store
@@ -101,34 +113,47 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         self._sites = {s.id: s for s in sites}
         self._demands = tuple(demands)
 
-    # --- policy files: a later issue -----------------------------------------------------------
+    # --- policy files (tdn.controlplane.policy_service) ---------------------------------------
 
-    async def _unimplemented(self, context: Context) -> NoReturn:
+    async def _no_policies(self, context: Context) -> NoReturn:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, POLICY_UNIMPLEMENTED)
+        raise AssertionError("abort returned")
 
     async def ValidatePolicy(self, request: operator_pb2.PolicyDocument,
                              context: Context) -> operator_pb2.ValidatePolicyResponse:
-        await self._unimplemented(context)
+        if self._policies is None:
+            await self._no_policies(context)
+        return await self._policies.ValidatePolicy(request, context)
 
     async def ApplyPolicy(self, request: operator_pb2.PolicyDocument,
                           context: Context) -> operator_pb2.ApplyPolicyResponse:
-        await self._unimplemented(context)
+        if self._policies is None:
+            await self._no_policies(context)
+        return await self._policies.ApplyPolicy(request, context)
 
     async def DiffPolicy(self, request: operator_pb2.PolicyDocument,
                          context: Context) -> operator_pb2.DiffPolicyResponse:
-        await self._unimplemented(context)
+        if self._policies is None:
+            await self._no_policies(context)
+        return await self._policies.DiffPolicy(request, context)
 
     async def GetPolicy(self, request: operator_pb2.GetPolicyRequest,
                         context: Context) -> operator_pb2.PolicyRevision:
-        await self._unimplemented(context)
+        if self._policies is None:
+            await self._no_policies(context)
+        return await self._policies.GetPolicy(request, context)
 
     async def PolicyHistory(self, request: operator_pb2.PolicyHistoryRequest,
                             context: Context) -> operator_pb2.PolicyHistoryResponse:
-        await self._unimplemented(context)
+        if self._policies is None:
+            await self._no_policies(context)
+        return await self._policies.PolicyHistory(request, context)
 
     async def RollbackPolicy(self, request: operator_pb2.RollbackPolicyRequest,
                              context: Context) -> operator_pb2.ApplyPolicyResponse:
-        await self._unimplemented(context)
+        if self._policies is None:
+            await self._no_policies(context)
+        return await self._policies.RollbackPolicy(request, context)
 
     # --- factories -----------------------------------------------------------------------------
 
@@ -138,6 +163,10 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         if state is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "state must be ACTIVE, CORDONED or DRAINED")
+        elsewhere = self._status.not_leader()
+        if elsewhere is not None:
+            # operator.proto: writes go to the leader; the message says where it is.
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, elsewhere)
         if self._registry.get(request.factory_id) is None:
             known = [f.spec.id for f in self._registry.states()]
             await context.abort(grpc.StatusCode.NOT_FOUND,
@@ -197,6 +226,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             ],
             factories_healthy=view.factories_healthy,
             factories_total=view.factories_total,
+            policy_revision=self._loop.policy[1],
         )
 
     async def Explain(self, request: operator_pb2.ExplainRequest,
@@ -209,44 +239,14 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         plan = self._loop.plan
         if plan is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no plan yet")
-        traffic_class = request.traffic_class or "default"
-        route = find_route(plan, site.id, request.model, traffic_class)
-        if route is not None:
-            traffic_class = route.traffic_class
-        exclusions = [(fid, why) for s, m, c, fid, why in plan.exclusions
-                      if (s, m, c) == (site.id, request.model, traffic_class)]
-        if route is None and not exclusions:
-            models = sorted({r.model for r in plan.routes_for_site(site.id)})
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"plan {plan.version} has no route for {request.model}/{traffic_class} at "
-                f"{site.id} (routed models there: {', '.join(models) or 'none'})")
-        demand = next((d for d in self._demands if (d.site, d.model, d.traffic_class)
-                       == (site.id, request.model, traffic_class)), None)
-        states = {f.spec.id: f for f in self._registry.states()}
-
-        def costs(factory_id: str) -> list[operator_pb2.CostTerm]:
-            state = states.get(factory_id)
-            if demand is None or state is None:
-                return []
-            return [operator_pb2.CostTerm(name=n, value=v)
-                    for n, v in request_cost(demand, state, site).named()]
-
-        explained: list[operator_pb2.ExplainedFactory] = []
-        if route is not None:
-            explained += [operator_pb2.ExplainedFactory(
-                factory_id=w.factory_id, role="primary", weight=w.weight,
-                costs=costs(w.factory_id)) for w in route.primary]
-            for level, factories in enumerate(route.backups):
-                explained += [operator_pb2.ExplainedFactory(
-                    factory_id=w.factory_id, role=f"backup-{level}", weight=w.weight,
-                    costs=costs(w.factory_id)) for w in factories]
-        explained += [operator_pb2.ExplainedFactory(factory_id=fid, role="excluded",
-                                                    excluded_by=why)
-                      for fid, why in exclusions]
-        return operator_pb2.ExplainResponse(site=site.id, model=request.model,
-                                            traffic_class=traffic_class,
-                                            plan_version=plan.version, factories=explained)
+        inputs, exact = self._loop.explain_inputs()
+        try:
+            # Pure but not free at a thousand factories: off the event loop.
+            answer = await asyncio.to_thread(explain, inputs, plan, site.id, request.model,
+                                             request.traffic_class or "default")
+        except NoSuchRoute as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return explanation_to_pb(answer, exact)
 
     def _unknown_site(self, site: str) -> str:
         return f"unknown site {site!r} (known: {', '.join(sorted(self._sites)) or 'none'})"

@@ -7,7 +7,8 @@ the registry turns them, the clock and the operator's admin state into one
 * HEALTHY   the last report was valid and the agent could reach its engine;
 * UNHEALTHY the agent could not reach the engine, or the last report was refused (the last good
   state is kept so operators still see the factory, but it is not routed to);
-* UNKNOWN   no report within the TTL. Unknown is never routed to.
+* UNKNOWN   no report within the TTL (or, for a factory heard by another replica, no live record
+  of it in the store: see :mod:`tdn.controlplane.telemetry_sync`). Unknown is never routed to.
 
 Changes that should move traffic (a new factory, a health or admin change, a change of what a
 factory serves) are announced through ``on_change`` so the solve loop can re-plan at once rather
@@ -91,6 +92,11 @@ class _Entry:
     last_report: float
     # Health as last announced, so sweep() can tell when expiry changed it.
     announced: Health
+    # The last report came from another replica through the store. Its liveness is then the
+    # store's lease, not this replica's clock: a store hiccup that delays refreshes must not
+    # make a live factory unknown. It turns unknown when its record vanishes (``vanished``).
+    remote: bool = False
+    vanished: bool = False
 
 
 _NO_PRICE = Price(0.0, 0.0)
@@ -124,38 +130,47 @@ class FactoryRegistry:
     # --- telemetry -----------------------------------------------------------------------------
 
     def apply_report(self, report: telemetry_pb2.TelemetryReport,
-                     now: float | None = None) -> ApplyResult:
-        """Validate and apply one report; a refused report makes its factory unroutable."""
+                     now: float | None = None, *, remote: bool = False) -> ApplyResult:
+        """Validate and apply one report; a refused report makes its factory unroutable.
+
+        ``remote`` reports were received by another replica and read from the store: they
+        are applied alike but not counted or logged again here (the receiver did that).
+        """
         now = self._clock() if now is None else now
         factory_id = report.identity.id
         try:
             spec, load = report_to_domain(report)
         except ValidationFailure as exc:
-            self._metrics.telemetry_rejected.labels(reason=exc.reason).inc()
-            log.warning("rejected telemetry from %r: %s", factory_id or "<no id>", exc)
-            self._reject(factory_id, str(exc), now)
+            if not remote:
+                self._metrics.telemetry_rejected.labels(reason=exc.reason).inc()
+                log.warning("rejected telemetry from %r: %s", factory_id or "<no id>", exc)
+            self._reject(factory_id, str(exc), now, remote=remote)
             return ApplyResult(accepted=False, factory_id=factory_id, reason=str(exc))
         health = Health.HEALTHY if report.engine_reachable else Health.UNHEALTHY
         reason = "" if report.engine_reachable else "agent cannot reach the engine"
         entry = self._entries.get(spec.id)
         if entry is None:
-            self._entries[spec.id] = _Entry(spec, load, health, reason, now, announced=health)
+            self._entries[spec.id] = _Entry(spec, load, health, reason, now, announced=health,
+                                            remote=remote)
             self._emit(Change(spec.id, ChangeKind.NEW_FACTORY, f"new factory ({health})"))
         else:
             spec_changed = _spec_routing_fields(entry.spec) != _spec_routing_fields(spec)
             entry.spec, entry.load = spec, load
             entry.reported, entry.reason, entry.last_report = health, reason, now
+            entry.remote, entry.vanished = remote, False
             if spec_changed:
                 self._emit(Change(spec.id, ChangeKind.SPEC, "identity or capacity changed"))
             self._announce(entry, now)
-        self._metrics.telemetry_reports.labels(factory=spec.id).inc()
+        if not remote:
+            self._metrics.telemetry_reports.labels(factory=spec.id).inc()
         return ApplyResult(accepted=True, factory_id=spec.id)
 
-    def _reject(self, factory_id: str, why: str, now: float) -> None:
+    def _reject(self, factory_id: str, why: str, now: float, *, remote: bool = False) -> None:
         entry = self._entries.get(factory_id)
         if entry is None:
             # Nothing valid was ever heard from it, so it was never routable: nothing to undo.
             return
+        entry.remote, entry.vanished = remote, False
         entry.reported = Health.UNHEALTHY
         entry.reason = f"rejected telemetry: {why}"
         # The refused report still proves the agent is alive; refreshing the time keeps the
@@ -166,10 +181,22 @@ class FactoryRegistry:
     # --- reading -------------------------------------------------------------------------------
 
     def _health(self, entry: _Entry, now: float) -> tuple[Health, str]:
+        if entry.remote:
+            if entry.vanished:
+                return Health.UNKNOWN, "no replica hears from it (its telemetry record expired)"
+            return entry.reported, entry.reason
         silent = now - entry.last_report
         if silent > self.ttl:
             return Health.UNKNOWN, f"no telemetry for {silent:.1f}s (ttl {self.ttl:g}s)"
         return entry.reported, entry.reason
+
+    def remote_vanished(self, factory_id: str, now: float | None = None) -> None:
+        """No replica publishes ``factory_id`` any more (every record of it expired or was
+        deleted): unknown, unless this replica hears from it itself."""
+        entry = self._entries.get(factory_id)
+        if entry is not None and entry.remote and not entry.vanished:
+            entry.vanished = True
+            self._announce(entry, self._clock() if now is None else now)
 
     def _state(self, factory_id: str, entry: _Entry, now: float) -> FactoryState:
         health, reason = self._health(entry, now)
@@ -213,6 +240,22 @@ class FactoryRegistry:
             log.info("factory %s: admin state %s -> %s", factory_id, before, state)
             self._emit(Change(factory_id, ChangeKind.ADMIN, f"{before} -> {state}"))
         return self._state(factory_id, entry, self._clock())
+
+    def load_admin(self, factory_id: str, state: AdminState) -> None:
+        """Adopt an admin state read from the store (set by an operator on any replica).
+
+        Unlike :meth:`set_admin` the factory need not have reported yet: the operator's word
+        waits for it.
+        """
+        before = self._admin.get(factory_id, AdminState.ACTIVE)
+        if state is AdminState.ACTIVE:
+            self._admin.pop(factory_id, None)
+        else:
+            self._admin[factory_id] = state
+        if before is not state and factory_id in self._entries:
+            log.info("factory %s: admin state %s -> %s (from the store)", factory_id, before,
+                     state)
+            self._emit(Change(factory_id, ChangeKind.ADMIN, f"{before} -> {state}"))
 
     def _announce(self, entry: _Entry, now: float) -> Change | None:
         health, reason = self._health(entry, now)

@@ -21,18 +21,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from tdn.config import NetworkConfig
+from tdn.controlplane.demand import DemandEstimator, DemandObservingLedger
 from tdn.controlplane.discovery import DiscoveryService
 from tdn.controlplane.durable_state import load_admin_states
 from tdn.controlplane.http import HttpApi
 from tdn.controlplane.metrics import ControlPlaneMetrics
 from tdn.controlplane.operator_api import OperatorService
+from tdn.controlplane.operator_auth import OperatorTokenInterceptor
+from tdn.controlplane.policy_service import PolicyService
 from tdn.controlplane.registry import Change, FactoryRegistry
+from tdn.controlplane.replica import Replica, ReplicaSettings
 from tdn.controlplane.sidecars import SidecarTracker
 from tdn.controlplane.snapshot_cache import SnapshotCache
 from tdn.controlplane.solve_loop import SolveLoop, Solver
 from tdn.controlplane.status import StatusSource
 from tdn.controlplane.telemetry import TelemetryService
-from tdn.controlplane.usage import UsageLedger, UsageService
+from tdn.controlplane.usage import UsageService
 from tdn.store.base import Store, open_store
 from tdn.topology.options import SolveOptions
 from tdn.topology.solver import solve
@@ -109,8 +113,13 @@ class ControlPlaneSettings:
     warmup: float | None = None
     replica_id: str = ""
     solve_options: SolveOptions = field(default_factory=SolveOptions)
-    # Server TLS; None serves plaintext (mutual TLS is a later issue).
+    # Server TLS (see tdn.tls.ServerTls, which requires client certificates when given a
+    # client CA); None serves plain text.
     server_credentials: grpc.ServerCredentials | None = None
+    # When set, every Operator call needs "authorization: Bearer <token>" (operator_auth).
+    operator_token: str = field(default="", repr=False)
+    # Leader election lease (whole seconds, etcd only): a dead leader is replaced within it.
+    lease_ttl: int = 5
     # How long stop() lets in-flight RPCs finish before cancelling the long-lived streams.
     shutdown_grace: float = 1.0
 
@@ -137,6 +146,12 @@ class ControlPlaneSettings:
             raise SettingsError(f"ttl must be positive, not {self.ttl}")
         if self.effective_warmup < 0:
             raise SettingsError(f"warmup must not be negative, not {self.warmup}")
+        if isinstance(self.lease_ttl, bool) or not isinstance(self.lease_ttl, int) \
+                or self.lease_ttl < 1:
+            raise SettingsError(f"lease_ttl must be a whole number of seconds >= 1, "
+                                f"not {self.lease_ttl!r}")
+        if "/" in self.replica_id:
+            raise SettingsError(f"replica id {self.replica_id!r} must not contain '/'")
         self.solve_options.validate()
 
 
@@ -158,6 +173,7 @@ class ControlPlane:
         self._health: HealthServicer | None = None
         self._http: HttpApi | None = None
         self._background: asyncio.Task[None] | None = None
+        self.replica: Replica | None = None
         self.grpc_port = 0
         self.http_port = 0
 
@@ -188,29 +204,46 @@ class ControlPlane:
         self.tracker = SidecarTracker()
         self.registry = FactoryRegistry(ttl=s.effective_ttl, metrics=self.metrics,
                                         on_change=self._on_change, admin=admin)
+        # Observed traffic (usage reports), smoothed; the network file's demand until then.
+        self.demand = DemandEstimator(network.demand, sites=[site.id for site in network.sites])
         self.solve_loop = SolveLoop(
             registry=self.registry, cache=self.cache, store=store, metrics=self.metrics,
             sites=network.sites, demands=network.demand, interval=s.solve_interval,
             quiet=s.solve_quiet, max_delay=s.solve_max_delay, warmup=s.effective_warmup,
-            options=s.solve_options, solver=self._solver)
+            options=s.solve_options, solver=self._solver, demand=self.demand)
         await self.solve_loop.load()
+        self.replica = Replica(store, ReplicaSettings(
+            replica_id=self.replica_id, ttl=s.effective_ttl, lease_ttl=s.lease_ttl,
+            warmup=s.effective_warmup, elect=store_kind(url) == "etcd"),
+            registry=self.registry, cache=self.cache, solve_loop=self.solve_loop,
+            metrics=self.metrics)
+        # Serve what the store holds from the first request: policies, plan, admin states.
+        await self.replica.sync()
         self.status = StatusSource(replica_id=self.replica_id, store_kind=store_kind(url),
                                    registry=self.registry, solve_loop=self.solve_loop,
-                                   tracker=self.tracker)
-        self.usage = UsageLedger()
+                                   tracker=self.tracker, replica=self.replica)
+        # The operator's policy in force survives restarts: load it before the first solve.
+        self.policies = PolicyService(
+            store, self.metrics, site_ids=[site.id for site in network.sites],
+            on_change=self.solve_loop.set_policy, not_leader=self.status.not_leader)
+        await self.policies.load()
+        self.usage = DemandObservingLedger(self.demand, policy=lambda: self.policies.policy)
 
-        server = grpc.aio.server(options=list(GRPC_OPTIONS))
+        interceptors = [OperatorTokenInterceptor(s.operator_token)] if s.operator_token else []
+        server = grpc.aio.server(options=list(GRPC_OPTIONS), interceptors=interceptors)
         self._grpc = server
         telemetry_pb2_grpc.add_TelemetryServicer_to_server(
-            TelemetryService(self.registry, self.metrics, report_interval=s.report_interval),
-            server)
+            TelemetryService(self.registry, self.metrics, report_interval=s.report_interval,
+                             replica=self.replica), server)
         discovery_pb2_grpc.add_DiscoveryServicer_to_server(
             DiscoveryService(self.cache, self.tracker, self.metrics,
                              sites=[site.id for site in network.sites]), server)
-        operator_pb2_grpc.add_OperatorServicer_to_server(
-            OperatorService(registry=self.registry, solve_loop=self.solve_loop, cache=self.cache,
-                            store=store, status=self.status, sites=network.sites,
-                            demands=network.demand), server)
+        # Kept: the web UI's /api/explain answers through the same Explain.
+        self.operator = OperatorService(
+            registry=self.registry, solve_loop=self.solve_loop, cache=self.cache, store=store,
+            status=self.status, sites=network.sites, demands=network.demand,
+            policies=self.policies)
+        operator_pb2_grpc.add_OperatorServicer_to_server(self.operator, server)
         usage_pb2_grpc.add_UsageServicer_to_server(UsageService(self.usage, self.metrics), server)
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -220,8 +253,9 @@ class ControlPlane:
         http_host, http_port = split_address(s.http_address, "http")
         self._http = HttpApi(metrics=self.metrics, registry=self.registry,
                              solve_loop=self.solve_loop, cache=self.cache, status=self.status,
-                             sites=network.sites)
+                             sites=network.sites, explain=self.operator.Explain)
         self.http_port = await self._http.start(http_host, http_port)
+        await self.replica.register(self.grpc_target, self.http_url)
 
         self._background = asyncio.create_task(self._run_background(), name="controlplane")
         for name in ("", *SERVICE_NAMES):
@@ -239,9 +273,13 @@ class ControlPlane:
         return port
 
     async def _run_background(self) -> None:
+        assert self.replica is not None
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.solve_loop.run(), name="solve-loop")
+            # The replica runs the solve loop while it leads (always, on the embedded store).
+            tg.create_task(self.replica.run(), name="replica")
             tg.create_task(self._sweep(), name="ttl-sweep")
+            # Every replica follows the policy pointer in the store (applied on the leader).
+            tg.create_task(self.policies.watch(), name="policy-watch")
 
     async def _sweep(self) -> None:
         # Often enough that a silent factory turns UNKNOWN soon after its TTL, rarely enough to
@@ -249,6 +287,8 @@ class ControlPlane:
         period = min(max(self.registry.ttl / 4, 0.02), 1.0)
         while True:
             self.registry.sweep()
+            # Prices, load and demand drift without announcing it: solve when it matters.
+            self.solve_loop.check_drift()
             await asyncio.sleep(period)
 
     def _on_change(self, change: Change) -> None:
@@ -261,6 +301,9 @@ class ControlPlane:
 
     async def stop(self) -> None:
         """Stop serving and release everything; safe to call twice or after a failed start."""
+        if self.replica is not None:
+            # First, so that another replica takes over now rather than after a lease TTL.
+            await self.replica.resign()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._background is not None:
@@ -276,6 +319,9 @@ class ControlPlane:
         if self._http is not None:
             await self._http.stop()
             self._http = None
+        if self.replica is not None:
+            await self.replica.stop()
+            self.replica = None
         if self._store is not None:
             await self._store.close()
             self._store = None

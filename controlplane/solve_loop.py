@@ -5,14 +5,22 @@ or admin change), debounced: a burst of changes (a region going dark reports man
 once) waits for a short quiet window, but never longer than ``max_delay`` after the first change.
 The OR-Tools solve runs in a worker thread so telemetry and discovery streams keep flowing.
 
-Plan versions increase monotonically and are persisted in the Store before a plan is published,
-so a restarted control plane continues above every version a sidecar may run. If a solve raises,
-the previous plan stays in force and the reason is kept for operators. After a (re)start the first
-solve waits one TTL (``warmup``): until then silence does not yet mean a factory is gone, and a
-plan made before agents reconnected would push empty routes to sidecars that still hold good ones.
+Plan versions increase monotonically and are persisted in the Store before a plan is published
+(a plan the store refuses is not served at all), so a restarted control plane or a newly elected
+leader continues above every version a sidecar may run. Only the leader runs :meth:`SolveLoop.run`
+(see :mod:`tdn.controlplane.ha`); the other replicas :meth:`SolveLoop.adopt` what it stores.
+If a solve raises, the previous plan stays in force and the reason is kept for operators. After a
+(re)start the first solve waits one TTL (``warmup``): until then silence does not yet mean a
+factory is gone, and a plan made before agents reconnected would push empty routes to sidecars
+that still hold good ones.
 
-Demand comes from the network description's ``demand`` list for now; estimating it from observed
-traffic (usage reports, agents' token counters) is a later step.
+Besides those changes, a solve is due when prices, carbon, load, latency or demand have drifted
+beyond the policy's thresholds since the last one (:meth:`SolveLoop.check_drift`, called by the
+owner's periodic sweep; :mod:`tdn.topology.drift` decides). Demand is the
+:class:`~tdn.controlplane.demand.DemandEstimator`'s (observed traffic, smoothed; the network
+file's where nothing was observed), and the operator's policy (:meth:`SolveLoop.set_policy`)
+sets the solve options and the per-group rules; each plan keeps the inputs it was solved from so
+that ``tdn explain`` answers in the solver's own terms.
 """
 
 from __future__ import annotations
@@ -23,16 +31,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tdn.controlplane.durable_state import PlanRecord, load_plan_record, save_plan_record
+from tdn.controlplane.demand import DemandEstimator
+from tdn.controlplane.durable_state import load_plan_record
 from tdn.controlplane.metrics import ControlPlaneMetrics
+from tdn.controlplane.plan_store import PlanStore
 from tdn.controlplane.registry import Change, FactoryRegistry
 from tdn.controlplane.snapshot_cache import SnapshotCache
 from tdn.domain import Demand, FactoryState, Plan, Site, SitePolicy
+from tdn.policy import DEFAULT_POLICY, Policy
 from tdn.store.base import Store
 from tdn.store.errors import StoreError
 from tdn.topology.compile import compile_site_policies
-from tdn.topology.options import SolveOptions
-from tdn.topology.solver import solve
+from tdn.topology.drift import demand_drift, factory_drift
+from tdn.topology.options import SolveOptions, options_from_policy
+from tdn.topology.solver import SolveInputs, solve
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,7 @@ class _Outcome:
     plan: Plan
     policies: dict[str, SitePolicy]
     seconds: float
+    inputs: SolveInputs
 
 
 class SolveLoop:
@@ -75,8 +88,12 @@ class SolveLoop:
                  metrics: ControlPlaneMetrics, sites: Sequence[Site], demands: Sequence[Demand],
                  interval: float = 5.0, quiet: float = 0.1, max_delay: float = 1.0,
                  warmup: float = 0.0, options: SolveOptions | None = None,
-                 solver: Solver = solve, clock: Callable[[], float] = time.time) -> None:
+                 solver: Solver = solve, clock: Callable[[], float] = time.time,
+                 publisher: PlanStore | None = None,
+                 demand: DemandEstimator | None = None) -> None:
         self._registry = registry
+        # Writes each plan to the store before it is served (see plan_store).
+        self.publisher = publisher if publisher is not None else PlanStore(store, cache)
         self._cache = cache
         self._store = store
         self._metrics = metrics
@@ -87,6 +104,15 @@ class SolveLoop:
         self._max_delay = max_delay
         self._warmup = warmup
         self._options = options or SolveOptions()
+        # The settings' options stand until an operator policy is applied.
+        self._base_options = self._options
+        self._policy: Policy = DEFAULT_POLICY
+        self._policy_revision = 0
+        self.demand = demand or DemandEstimator(demands, sites=[s.id for s in sites],
+                                                clock=clock)
+        # What the plan in force was solved from (None for a plan adopted from the store).
+        self._inputs: SolveInputs | None = None
+        self._inputs_version = 0
         self._solver = solver
         self._clock = clock
         self._signal = asyncio.Event()
@@ -102,6 +128,54 @@ class SolveLoop:
     @property
     def plan(self) -> Plan | None:
         return self._plan
+
+    @property
+    def inputs(self) -> SolveInputs | None:
+        """What the plan in force was solved from, when this replica solved it."""
+        plan = self._plan
+        if plan is None or plan.version != self._inputs_version:
+            return None  # adopted from the leader: its inputs are not here
+        return self._inputs
+
+    def explain_inputs(self) -> tuple[SolveInputs, bool]:
+        """The inputs to explain the plan in force with, and whether they are exactly what it
+        was solved from (False: this replica adopted it, so today's view stands in)."""
+        inputs = self.inputs
+        if inputs is not None:
+            return inputs, True
+        now = self._clock()
+        return SolveInputs(self._registry.states(now), self._sites, self.current_demands(now),
+                           self._options, self._policy, None), False
+
+    @property
+    def policy(self) -> tuple[Policy, int]:
+        """The operator policy in force and its revision (0: the built-in default)."""
+        return self._policy, self._policy_revision
+
+    def set_policy(self, policy: Policy, revision: int) -> None:
+        """Put an operator policy in force and solve with it soon."""
+        self._policy, self._policy_revision = policy, revision
+        self._options = options_from_policy(policy, self._base_options)
+        self.demand.set_half_life(policy.demand.half_life_s)
+        self.notify()
+
+    def current_demands(self, now: float | None = None) -> tuple[Demand, ...]:
+        return self.demand.demands(self._clock() if now is None else now, self._policy)
+
+    def check_drift(self, now: float | None = None) -> str:
+        """Ask for a solve when prices, load or demand moved beyond the policy's thresholds
+        since the plan in force was solved; return the reason ("" when nothing did)."""
+        inputs = self._inputs
+        if inputs is None:
+            return ""
+        now = self._clock() if now is None else now
+        thresholds = self._policy.solver.resolve_on
+        reason = (factory_drift(inputs.factories, self._registry.states(now), thresholds)
+                  or demand_drift(inputs.demands, self.current_demands(now), thresholds))
+        if reason and self._first_signal is None:
+            log.info("solve requested: %s", reason)
+            self.notify()
+        return reason
 
     @property
     def solves(self) -> int:
@@ -125,6 +199,19 @@ class SolveLoop:
         if record is not None:
             self._version = max(self._version, record.version)
             log.info("continuing plan versions above %d (from the store)", record.version)
+
+    def adopt(self, plan: Plan, solved_at: float) -> None:
+        """Take ``plan`` (solved by the leader, read from the store) as the plan in force."""
+        if self._plan is not None and plan.version <= self._plan.version:
+            return
+        self._plan, self._solved_at = plan, solved_at
+        self._version = max(self._version, plan.version)
+        self._last_error = ""
+        self._metrics.plan_version.set(plan.version)
+
+    def reserve_above(self, version: int) -> None:
+        """Number the next plan above ``version`` (the highest the store holds)."""
+        self._version = max(self._version, version)
 
     # --- triggers ------------------------------------------------------------------------------
 
@@ -157,10 +244,15 @@ class SolveLoop:
         self._signal.clear()
         self._first_signal = None
 
-    async def run(self) -> None:
-        """Solve forever: at start (after the warm-up), periodically and on change."""
-        if self._warmup > 0:
-            await asyncio.sleep(self._warmup)
+    async def run(self, warmup: float | None = None) -> None:
+        """Solve forever: at start (after the warm-up), periodically and on change.
+
+        ``warmup`` overrides the configured one (a replica elected leader long after it
+        started needs none).
+        """
+        warmup = self._warmup if warmup is None else warmup
+        if warmup > 0:
+            await asyncio.sleep(warmup)
         # Changes seen during the warm-up are covered by the first solve.
         self._signal.clear()
         self._first_signal = None
@@ -173,14 +265,18 @@ class SolveLoop:
     def _solve_and_compile(self, factories: tuple[FactoryState, ...],
                            previous: Plan | None, version: int, now: float) -> _Outcome:
         started = time.perf_counter()
-        plan = self._solver(factories, self._sites, self._demands, previous=previous,
-                            options=self._options, version=version)
+        rules, options = self._policy, self._options
+        inputs = SolveInputs(factories, self._sites, self.current_demands(now), options, rules,
+                             previous)
+        plan = self._solver(factories, self._sites, inputs.demands, previous=previous,
+                            options=options, version=version, policy=rules)
         if plan.version != version:
             raise RuntimeError(f"solver returned plan version {plan.version}, asked for {version}")
-        policies = compile_site_policies(plan, factories, self._sites, generated_at=now)
+        policies = compile_site_policies(plan, factories, self._sites, generated_at=now,
+                                         policy=rules)
         for policy in policies.values():
             policy.check()  # never publish a policy naming a factory it does not ship
-        return _Outcome(plan, dict(policies), time.perf_counter() - started)
+        return _Outcome(plan, dict(policies), time.perf_counter() - started, inputs)
 
     async def solve_once(self) -> Plan | None:
         """Solve now; publish and return the new plan, or keep the previous one on failure."""
@@ -199,23 +295,27 @@ class SolveLoop:
             log.exception("solve for plan version %d failed; previous plan kept", version)
             return None
         self._solves += 1
+        # The number is used up even if the plan cannot be stored: part of it may have been.
         self._version = version
         plan = outcome.plan
         solved_at = now
         self._metrics.solve_seconds.observe(outcome.seconds)
         try:
-            await save_plan_record(self._store, PlanRecord(version, plan.status, solved_at))
+            changed = await self.publisher.publish(plan, outcome.policies, solved_at)
         except StoreError as exc:
-            # Routing comes first: publish anyway, and say that the number is not yet durable.
-            self._last_error = f"plan version {version} not persisted: {exc}"
+            # A version no replica can read back is served by none: a later leader would not
+            # know it and could reuse its number for other routes. The previous plan stands.
+            self._last_error = f"plan version {version} not stored, so not served: {exc}"
             self._metrics.solves.labels(result="store_error").inc()
             log.error("%s", self._last_error)
-        else:
-            self._last_error = ""
-            self._metrics.solves.labels(result="ok").inc()
+            return None
+        self._last_error = ""
+        # A greedy fallback is a plan too, but operators must see that the LP did not answer.
+        self._metrics.solves.labels(
+            result="fallback" if plan.status.startswith("fallback") else "ok").inc()
         self._plan, self._solved_at = plan, solved_at
+        self._inputs, self._inputs_version = outcome.inputs, version
         self._metrics.plan_version.set(version)
-        changed = self._cache.update(outcome.policies)
         log.info("plan %d: %s in %.3fs; new policy versions for %s", version, plan.status,
                  outcome.seconds, ", ".join(changed) or "no site")
         return plan

@@ -3,7 +3,8 @@
 Every report is validated and applied to the :class:`~tdn.controlplane.registry.FactoryRegistry`;
 the ack says whether it was accepted (and why not) and how often to report. A stream closing says
 nothing about the factory itself (the agent may just be reconnecting), so it does not mark the
-factory down: the TTL does, if the silence lasts.
+factory down: the TTL does, if the silence lasts. Each report is also offered to the replica's
+publisher, which writes it to the store for the other replicas (and the leader) to apply.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from tdn.controlplane.metrics import ControlPlaneMetrics
 from tdn.controlplane.registry import FactoryRegistry
+from tdn.controlplane.replica import Replica
 from tdn.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,10 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
     """grpc.aio servicer for ``tdn.v1.Telemetry``."""
 
     def __init__(self, registry: FactoryRegistry, metrics: ControlPlaneMetrics, *,
-                 report_interval: float) -> None:
+                 report_interval: float, replica: Replica | None = None) -> None:
         self._registry = registry
+        # Shares what this replica hears with the others (and the leader) through the store.
+        self._replica = replica
         self._metrics = metrics
         self._report_interval = _duration(report_interval)
         self._ttl = _duration(registry.ttl)
@@ -48,6 +52,8 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
         try:
             async for report in request_iterator:
                 result = self._registry.apply_report(report)
+                if self._replica is not None:
+                    self._replica.offer(report, accepted=result.accepted)
                 if result.accepted and result.factory_id != factory_id:
                     factory_id = result.factory_id
                     log.info("telemetry stream from %s (%s)", factory_id, context.peer())

@@ -24,13 +24,16 @@ class ApiError(Exception):
         self.type = type_
         self.param = param
         self.code = code
+        # Response headers that belong to this refusal (Retry-After, x-tdn-retry-budget...).
+        self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
 
     def response(self, headers: dict[str, str] | None = None) -> web.Response:
-        return web.json_response(self.body(), status=self.status, headers=headers)
+        merged = {**self.headers, **(headers or {})}
+        return web.json_response(self.body(), status=self.status, headers=merged or None)
 
 
 def invalid_json() -> ApiError:
@@ -74,6 +77,20 @@ def no_candidates(model: str) -> ApiError:
                     type_="service_unavailable", code="no_route")
 
 
+def rate_limited(model: str, retry_after_s: float) -> ApiError:
+    return ApiError(429, f"Every factory routed for model `{model}` is rate limited; the first "
+                         f"takes requests again in {retry_after_s:.1f} s.",
+                    type_="requests", code="rate_limit_exceeded")
+
+
+def retry_budget_exhausted(model: str, status: int, attempts: int, last: str) -> ApiError:
+    plural = "attempt" if attempts == 1 else "attempts"
+    return ApiError(status, f"A factory routed for model `{model}` failed ({attempts} {plural}; "
+                            f"last: {last}) and the sidecar's retry budget is exhausted, so it "
+                            f"was not retried.", type_="server_error",
+                    code="retry_budget_exhausted")
+
+
 def all_attempts_failed(model: str, attempts: int, last: str) -> ApiError:
     plural = "attempt" if attempts == 1 else "attempts"
     return ApiError(502, f"Every factory routed for model `{model}` failed ({attempts} {plural}; "
@@ -90,13 +107,16 @@ def method_not_allowed(method: str, path: str) -> ApiError:
     return ApiError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")
 
 
-def stream_broken_event(factory_id: str, detail: str) -> bytes:
+def stream_broken_event(factory_id: str, detail: str, continuation: str = "") -> bytes:
     """The SSE event that ends a client stream whose upstream broke after bytes were relayed.
 
     OpenAI's SDKs raise on a ``data:`` event carrying an ``error`` object, so the client learns the
-    answer is incomplete instead of taking a truncated answer for a finished one.
+    answer is incomplete instead of taking a truncated answer for a finished one. It names the
+    original failure; ``continuation`` may add, in a few words, why carrying on elsewhere failed
+    (never a backup's own error text, which would mask the real failure).
     """
+    tail = f"; {continuation}" if continuation else ""
     err = ApiError(502, f"The stream from factory {factory_id} broke before it finished "
-                        f"({detail}); the answer is incomplete.",
+                        f"({detail}){tail}; the answer is incomplete.",
                    type_="server_error", code="upstream_stream_broken")
     return b"data: " + json.dumps(err.body()).encode() + b"\n\n"

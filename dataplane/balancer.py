@@ -6,14 +6,16 @@ with picks interleaved rather than bursty. No randomness means tests can state e
 two sidecars at one site spread load the same way. The rest of the order (other primaries, then
 backup levels in the policy's order) is what the failover loop walks when a pick fails.
 
-Later work slots in here: outlier ejection removes factories from the order, and per-factory
-state stays keyed by route so a new policy version starts fresh.
+Everything that depends only on the policy (endpoint lookups, the fallback order of each group)
+is computed once per policy in :class:`RoutePlan`; a request only advances the rotations.
+Ejected and rate-limited factories are removed afterwards, by :mod:`outlier` and
+:mod:`cooldowns`, and the failover loop prefers another failure domain after a failure.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tdn.domain import FactoryEndpoint, Route, SitePolicy, WeightedFactory
 
@@ -27,63 +29,96 @@ def _usable(weight: float) -> float:
 class SmoothWeightedRoundRobin:
     """One group's smooth weighted round-robin state."""
 
+    __slots__ = ("_current", "_members", "_total", "_weights")
+
     def __init__(self, members: Sequence[WeightedFactory]) -> None:
         self._members = tuple(members)
         self._weights = tuple(_usable(m.weight) for m in self._members)
         self._total = sum(self._weights)
         self._current = [0.0] * len(self._members)
 
+    def pick_index(self) -> int:
+        """Index of the next member, or -1 when no member has a positive weight."""
+        if self._total <= 0:
+            return -1
+        best = 0
+        current = self._current
+        for i, weight in enumerate(self._weights):
+            current[i] += weight
+            if current[i] > current[best]:
+                best = i
+        current[best] -= self._total
+        return best
+
     def pick(self) -> str | None:
         """The next factory id, or None when no member has a positive weight."""
-        if self._total <= 0:
-            return None
-        best = 0
-        for i, weight in enumerate(self._weights):
-            self._current[i] += weight
-            if self._current[i] > self._current[best]:
-                best = i
-        self._current[best] -= self._total
-        return self._members[best].factory_id
+        index = self.pick_index()
+        return None if index < 0 else self._members[index].factory_id
+
+
+class RoutePlan:
+    """One route compiled against its policy: the groups' rotations and fallback orders."""
+
+    def __init__(self, route: Route, endpoints: Mapping[str, FactoryEndpoint]) -> None:
+        self.route = route
+        groups: list[tuple[SmoothWeightedRoundRobin, tuple[FactoryEndpoint | None, ...],
+                           tuple[FactoryEndpoint, ...]]] = []
+        all_ids: list[str] = []
+        for members in (route.primary, *route.backups):
+            by_index = tuple(endpoints.get(m.factory_id) for m in members)
+            # The rest of the group, heaviest first: the likeliest to have headroom.
+            heaviest = sorted(members, key=lambda m: -_usable(m.weight))
+            rest = tuple(e for e in (endpoints.get(m.factory_id) for m in heaviest)
+                         if e is not None)
+            groups.append((SmoothWeightedRoundRobin(members), by_index, rest))
+            all_ids.extend(m.factory_id for m in members)
+        self._groups = tuple(groups)
+        self.endpoints: tuple[FactoryEndpoint, ...] = tuple(
+            endpoints[fid] for fid in dict.fromkeys(all_ids) if fid in endpoints)
+        # A route with one factory needs no rotation and no de-duplication.
+        self._single = self.endpoints if len(self.endpoints) == 1 else None
+
+    def order(self) -> list[FactoryEndpoint]:
+        """Every factory of the route once, in the order to try them for the next request."""
+        if self._single is not None:
+            return list(self._single)
+        out: list[FactoryEndpoint] = []
+        seen: set[str] = set()
+        for rotation, by_index, rest in self._groups:
+            index = rotation.pick_index()
+            if index >= 0:
+                first = by_index[index]
+                if first is not None and first.id not in seen:
+                    seen.add(first.id)
+                    out.append(first)
+            for endpoint in rest:
+                if endpoint.id not in seen:
+                    seen.add(endpoint.id)
+                    out.append(endpoint)
+        return out
 
 
 class Balancer:
-    """Orders candidates for each request; state per (model, class, group), reset per policy."""
+    """Orders candidates for each request; plans are kept per policy object and route."""
 
     def __init__(self) -> None:
         self._policy: SitePolicy | None = None
-        self._groups: dict[tuple[str, str, int], SmoothWeightedRoundRobin] = {}
+        self._endpoints: dict[str, FactoryEndpoint] = {}
+        self._plans: dict[tuple[str, str], RoutePlan] = {}
 
-    def _group(self, policy: SitePolicy, route: Route, level: int,
-               members: Sequence[WeightedFactory]) -> SmoothWeightedRoundRobin:
+    def plan(self, policy: SitePolicy, route: Route) -> RoutePlan:
         # Identity, not version: a swapped-in policy is a new object even if a test or a
         # misbehaving control plane reuses a version string with other routes.
         if policy is not self._policy:
             self._policy = policy
-            self._groups.clear()
-        key = (route.model, route.traffic_class, level)
-        group = self._groups.get(key)
-        if group is None:
-            group = self._groups[key] = SmoothWeightedRoundRobin(members)
-        return group
+            self._endpoints = {f.id: f for f in policy.factories}
+            self._plans.clear()
+        key = (route.model, route.traffic_class)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = RoutePlan(route, self._endpoints)
+        return plan
 
     def candidates(self, policy: SitePolicy, route: Route) -> list[FactoryEndpoint]:
         """Every factory of ``route`` once, in the order to try them for the next request."""
-        order: list[str] = []
-        groups = (route.primary, *route.backups)
-        for level, members in enumerate(groups):
-            first = self._group(policy, route, level, members).pick()
-            if first is not None:
-                order.append(first)
-            # The rest of the group, heaviest first: the likeliest to have headroom.
-            for member in sorted(members, key=lambda m: -_usable(m.weight)):
-                order.append(member.factory_id)
-        seen: set[str] = set()
-        out: list[FactoryEndpoint] = []
-        for factory_id in order:
-            if factory_id in seen:
-                continue
-            seen.add(factory_id)
-            endpoint = policy.endpoint(factory_id)
-            if endpoint is not None:
-                out.append(endpoint)
-        return out
+        return self.plan(policy, route).order()

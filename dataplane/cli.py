@@ -2,6 +2,8 @@
 
 Settings come from flags, else from the ``sidecar:`` block of a network file (``--config``),
 else from defaults. Access-log lines (JSON, one per request) go to stdout; diagnostics to stderr.
+``--workers N`` runs N sidecar processes on one port (see :mod:`workers`); ``--tenants FILE``
+names the tenants usage is metered to (see :mod:`tenants`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import grpc
+
 from tdn.config import ConfigError, load_network
+from tdn.tls import TlsError, add_client_flags, client_tls_from_args
 
 from .credentials import Credentials, CredentialsError
 from .sidecar import Sidecar, SidecarSettings, parse_address
+from .tenants import Tenants, TenantsError
+from .workers import run_workers, worker_admin, worker_node_id
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "site, node id, listen and admin")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--tenants", help="YAML file mapping client API key (or sha256:<digest>) to "
+                                     "tenant name, for metering; other keys are 'anonymous'")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes sharing the proxy port (SO_REUSEPORT); worker i "
+                        "serves admin on the --admin port + i (default 1)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--no-access-log", action="store_true",
+                   help="do not write the per-request JSON access line (metrics still count)")
+    add_client_flags(p)
     return p
 
 
@@ -95,28 +111,41 @@ def settings_from_args(args: argparse.Namespace,
                        else Credentials(environ=env))
     except CredentialsError as exc:
         raise UsageError(str(exc)) from None
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and parse_address(listen)[1] == 0:
+        raise UsageError("--workers shares one proxy port: --listen needs a fixed port, not 0")
+    reuse_port = args.workers > 1 or args.worker_index is not None
+    if args.worker_index is not None:
+        node_id = worker_node_id(node_id, args.worker_index)
+        admin = worker_admin(admin, args.worker_index)
     settings = SidecarSettings(site=site, node_id=node_id, listen=listen, admin=admin,
-                               controlplane=addresses, state_dir=state_dir)
+                               controlplane=addresses, state_dir=state_dir,
+                               reuse_port=reuse_port)
     return settings, credentials
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, access_log: bool = True) -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     access = logging.getLogger("tdn.dataplane.access")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
-    access.setLevel(logging.INFO)
+    # Above INFO the access line is never even serialised (see access_log.emit).
+    access.setLevel(logging.INFO if access_log else logging.WARNING)
     access.propagate = False
 
 
-async def _run(settings: SidecarSettings, credentials: Credentials) -> None:
+async def _run(settings: SidecarSettings, credentials: Credentials,
+               channel_credentials: grpc.ChannelCredentials | None = None,
+               tenants: Tenants | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Sidecar(settings, credentials):
+    async with Sidecar(settings, credentials, channel_credentials=channel_credentials,
+                       tenants=tenants):
         await stop.wait()
         log.info("stopping: finishing requests in flight (up to %.0fs)",
                  settings.shutdown_timeout_s)
@@ -126,12 +155,18 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings, credentials = settings_from_args(args)
-    except UsageError as exc:
+        # TLS to the control plane (mutual with --tls-cert/--tls-key); None: plain text.
+        tls = client_tls_from_args(args)
+        channel_credentials = tls.credentials() if tls is not None else None
+        tenants = Tenants.from_file(args.tenants) if args.tenants else None
+    except (UsageError, TlsError, TenantsError) as exc:
         print(f"tdn proxy: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, access_log=not args.no_access_log)
+    if args.workers > 1 and args.worker_index is None:
+        return run_workers(argv, args.workers)
     try:
-        asyncio.run(_run(settings, credentials))
+        asyncio.run(_run(settings, credentials, channel_credentials, tenants))
     except OSError as exc:
         # Typically the address is in use: say which, without a traceback.
         print(f"tdn proxy: cannot listen on {settings.listen} / {settings.admin}: {exc}",

@@ -1,12 +1,42 @@
-"""The attempt loop: walk the candidates until one gives a first response byte, at once, no sleep.
+"""The attempt loop: walk the candidates until one commits, at once, without sleeping.
 
-Failover is a local decision measured in milliseconds. A candidate counts as failed while nothing
-has reached the client: connection refused or reset, a timeout, a 5xx status, or a connection
-that breaks before the first body byte. The loop stops at the first candidate that delivers that
-first byte ("the commit point"); from then on the relay owns the response and never retries.
+Failover is a local decision measured in milliseconds. Nothing has reached the client while an
+attempt runs, so a candidate that fails is simply replaced by the next one:
 
-Later work slots in here: 429 with Retry-After, first-byte deadlines from ``ttft_p99_s``, retry
-budgets and outlier reports all act on one attempt at a time, inside this loop.
+* connection refused or reset, DNS, connect timeout, a response that is not HTTP;
+* no first byte within the first-byte deadline (:mod:`deadlines`), whether the factory is silent
+  or slow;
+* an answer the sidecar must not pass on: 5xx (overloaded), 429 (rate limited: the factory goes
+  into cooldown, :mod:`cooldowns`), 408, and 401/403/404, which mean this factory refuses the
+  sidecar's credential or does not serve the model, not that the request is wrong;
+* a stream that ends, breaks or sends an error or a garbled event before any output, or a
+  non-streamed body that breaks before it is complete (it is read whole before the client gets
+  a byte, so it can still be retried).
+
+After a failure the next candidate comes preferably from another failure domain than any that
+failed, since a second factory in a broken rack or region is likely broken too. Other 4xx answers
+(400, 413, 422...) are the client's: they end the loop and are passed on as they are (a
+context-length error may first be re-sent to a larger model, see :mod:`exchange`). The loop stops
+at the first candidate that commits: for a stream, the first event carrying output; otherwise the
+whole body. From then on the relay owns the answer.
+
+**Which next attempts are retries** (and need a retry-budget token, :mod:`retry_budget`). The
+budget exists so that a sick fleet is not sent more work than it was asked for; an attempt that
+follows one where the factory may have worked on the request (it answered 5xx, it missed its
+first-byte deadline, it broke a body or a stream, it reset the connection after the request was
+sent) is such extra work. Two kinds of next attempt are not, and need no token:
+
+* after a failure where the factory did no work at all: it was never reached (refused, connect
+  error or timeout, DNS, an unusable URL), the sidecar holds no credential for it, or it
+  declined with a 429 (its cooldown keeps the next requests away from it);
+* after a failure at a factory that outlier detection has now taken out of rotation (ejected or
+  suspected, see :mod:`outlier`), unless the route was in panic. Moving that request is a
+  re-route: a request that arrived a moment later would have gone to the backup first, without
+  any retry. This is what lets every request already in flight on a factory that dies, however
+  many, fail over, while outlier detection's own cap (at most half the factories out) and panic
+  keep it from becoming a fleet-wide retry storm: beyond them, failures are charged again.
+
+A mid-stream continuation is always a retry (the broken factory did work).
 """
 
 from __future__ import annotations
@@ -15,10 +45,35 @@ import asyncio
 import errno
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 
 import aiohttp
+from multidict import CIMultiDictProxy
 
 from tdn.domain import FactoryEndpoint
+
+from .cooldowns import parse_retry_after
+from .health import FactoryHealth
+from .outlier import Kind
+from .overhead import OverheadClock
+from .retry_budget import RetryBudget
+from .sse import StreamScan, is_event_stream
+
+# A stream that has sent this much without any output is committed anyway (keep-alives).
+PRECOMMIT_LIMIT_BYTES = 64 * 1024
+# A small error body is read so that the connection can be reused.
+DRAIN_LIMIT_BYTES = 64 * 1024
+
+# What can go wrong on the way to a first byte: aiohttp's own errors, timeouts, and OS errors the
+# transport lets through unwrapped.
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+# Statuses below 500 that mean "this factory cannot serve it", not "the request is wrong".
+_FACTORY_STATUSES = {401: "auth_rejected", 403: "auth_rejected", 404: "not_served",
+                     408: "request_timeout"}
+# Transport failures that mean the factory was never reached (before any answer).
+_UNREACHABLE = frozenset({"refused", "connect_error", "connect_timeout", "dns",
+                          "bad_endpoint"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +87,7 @@ class AttemptFailure:
     tier: str
     reason: str
     detail: str
+    status: int = 0
 
 
 class CandidateUnusable(Exception):
@@ -44,10 +100,13 @@ class CandidateUnusable(Exception):
 
 
 class AllAttemptsFailed(Exception):
-    """Every candidate failed before the commit point."""
+    """No candidate committed: all failed, or the retry budget stopped the loop."""
 
-    def __init__(self, failures: Sequence[AttemptFailure]) -> None:
+    def __init__(self, failures: Sequence[AttemptFailure], *, budget_exhausted: bool = False,
+                 retry_after_s: float = 0.0) -> None:
         self.failures = tuple(failures)
+        self.budget_exhausted = budget_exhausted
+        self.retry_after_s = retry_after_s
         last = self.failures[-1].detail if self.failures else "no candidate"
         super().__init__(f"{len(self.failures)} attempts failed; last: {last}")
 
@@ -57,25 +116,52 @@ class AllAttemptsFailed(Exception):
 
 
 @dataclass(slots=True)
-class OpenedUpstream:
-    """A response the client will get: its factory, the upstream response and its first bytes."""
+class Committed:
+    """An answer the client will get.
+
+    A stream carries the events read so far (``first_out``, ready to write) and its ``scan``; any
+    other answer carries its whole ``body``, or, when it was too large to hold, its first bytes
+    in ``first_out`` with ``body`` None and the rest still to be read from ``response``.
+    """
 
     endpoint: FactoryEndpoint
     response: aiohttp.ClientResponse
-    first_chunk: bytes
+    sse: bool
+    first_out: bytes
+    scan: StreamScan | None
+    body: bytes | None
     failures: tuple[AttemptFailure, ...]
 
-    @property
-    def attempts(self) -> int:
-        return len(self.failures) + 1
+
+@dataclass(slots=True)
+class ClientError:
+    """A 4xx answer that is the client's to see (its body already read; connection released)."""
+
+    endpoint: FactoryEndpoint
+    status: int
+    reason: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    failures: tuple[AttemptFailure, ...]
 
 
-Send = Callable[[FactoryEndpoint], Awaitable[aiohttp.ClientResponse]]
-OnFailure = Callable[[AttemptFailure], None]
+class RetryTicket:
+    """A request's retry-budget token: taken at its first retry, given back when it ends."""
 
-# What can go wrong on the way to a first byte: aiohttp's own errors, timeouts, and OS errors the
-# transport lets through unwrapped.
-TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+    __slots__ = ("budget", "held")
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self.budget = budget
+        self.held = False
+
+    def acquire(self) -> bool:
+        if not self.held:
+            self.held = self.budget.try_acquire()
+        return self.held
+
+    def release(self) -> None:
+        self.budget.request_ended(self.held)
+        self.held = False
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -84,6 +170,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "bad_endpoint", "its base_url is not a valid URL"
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return "connect_timeout", "connecting timed out"
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return "stream_idle", "sent nothing for longer than the idle timeout"
     if isinstance(exc, asyncio.TimeoutError):
         return "timeout", "timed out waiting for the response"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -102,50 +190,244 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "transport_error", f"failed ({type(exc).__name__})"
 
 
-async def open_first_response(candidates: Sequence[FactoryEndpoint], send: Send,
-                              on_failure: OnFailure | None = None) -> OpenedUpstream:
-    """Try ``candidates`` in order; return the first that produces a first body byte (or EOF).
+class _Failed(Exception):
+    """One attempt's failure; ``kind`` is how outlier detection weighs it (None: not at all)."""
 
-    Raises :class:`AllAttemptsFailed` when none does. Any status below 500 is an answer for the
-    client (a 4xx is the client's problem, passed on as it is), so it ends the loop.
-    """
-    failures: list[AttemptFailure] = []
+    def __init__(self, reason: str, phrase: str, status: int = 0,
+                 retry_after_s: float | None = None, kind: Kind | None = Kind.ERROR) -> None:
+        super().__init__(phrase)
+        self.reason = reason
+        self.phrase = phrase
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.kind = kind
 
-    def fail(endpoint: FactoryEndpoint, reason: str, phrase: str) -> None:
-        failure = AttemptFailure(endpoint.id, endpoint.tier.value, reason,
-                                 f"factory {endpoint.id} {phrase}")
-        failures.append(failure)
-        if on_failure is not None:
-            on_failure(failure)
+    @property
+    def no_work(self) -> bool:
+        """The factory cannot have worked on the request: never reached, or declined (429)."""
+        return self.kind is Kind.UNREACHABLE or self.reason == "rate_limited"
 
-    for endpoint in candidates:
+
+def _transport_failure(exc: BaseException, answered: bool) -> _Failed:
+    """A transport error as an attempt failure; ``answered``: a status line had arrived."""
+    reason, phrase = classify(exc)
+    if answered:
+        kind = Kind.ERROR
+    elif reason in _UNREACHABLE:
+        kind = Kind.UNREACHABLE
+    elif reason == "reset":
+        kind = Kind.RESET
+    else:
+        kind = Kind.ERROR
+    return _Failed(reason, phrase, kind=kind)
+
+
+# (factory, request body, attempt deadline) -> the upstream response (headers read)
+Send = Callable[[FactoryEndpoint, bytes, float], Awaitable[aiohttp.ClientResponse]]
+OnFailure = Callable[[AttemptFailure], None]
+
+
+def _domain(endpoint: FactoryEndpoint) -> str:
+    return endpoint.failure_domain or endpoint.region
+
+
+def _next(remaining: list[FactoryEndpoint], failed_domains: set[str]) -> FactoryEndpoint:
+    if failed_domains:
+        for i, candidate in enumerate(remaining):
+            if _domain(candidate) not in failed_domains:
+                return remaining.pop(i)
+    return remaining.pop(0)
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Finish with a response the client will not see, keeping the connection when cheap."""
+    length = response.content_length
+    if length is not None and length <= DRAIN_LIMIT_BYTES:
         try:
-            response = await send(endpoint)
-        except CandidateUnusable as exc:
-            failures.append(AttemptFailure(endpoint.id, endpoint.tier.value, exc.reason,
-                                           exc.detail))
-            if on_failure is not None:
-                on_failure(failures[-1])
-            continue
-        except TRANSPORT_ERRORS as exc:
-            fail(endpoint, *classify(exc))
-            continue
-        try:
-            if response.status >= 500:
-                # Nothing was relayed, so the next candidate can still give a whole answer.
-                response.close()
-                fail(endpoint, "status_5xx", f"answered HTTP {response.status}")
-                continue
-            try:
-                first = await response.content.readany()
-            except TRANSPORT_ERRORS as exc:
-                response.close()
-                fail(endpoint, *classify(exc))
-                continue
-        except BaseException:
-            # Cancelled (client gone, shutdown): the connection must not go back to the pool
-            # with an unread body.
+            await response.read()
+        except TRANSPORT_ERRORS:
             response.close()
+            return
+        response.release()
+    else:
+        response.close()
+
+
+class AttemptLoop:
+    """The attempts of one client request (the first answer, a fallback, continuations)."""
+
+    def __init__(self, *, send: Send, health: FactoryHealth, ticket: RetryTicket,
+                 deadline_for: Callable[[FactoryEndpoint], float],
+                 new_scan: Callable[[], StreamScan], clock: OverheadClock,
+                 on_failure: OnFailure | None = None,
+                 buffer_limit: int = 32 * 1024 * 1024) -> None:
+        self.send = send
+        self.health = health
+        self.ticket = ticket
+        self.deadline_for = deadline_for
+        self.new_scan = new_scan
+        self.clock = clock
+        self.on_failure = on_failure
+        self.buffer_limit = buffer_limit
+        self.sent = 0
+        self.failures: list[AttemptFailure] = []
+
+    def _fail(self, endpoint: FactoryEndpoint, reason: str, detail: str, status: int = 0,
+              *, kind: Kind | None, retry_after_s: float | None = None) -> bool:
+        """Record a failed attempt; whether ``endpoint`` is now out of rotation."""
+        failure = AttemptFailure(endpoint.id, endpoint.tier.value, reason, detail, status)
+        self.failures.append(failure)
+        if reason == "rate_limited" or retry_after_s is not None:
+            self.health.rate_limited(endpoint, retry_after_s)
+        out = self.health.failed(endpoint, kind) if kind is not None else False
+        if self.on_failure is not None:
+            self.on_failure(failure)
+        return out
+
+    async def run(self, candidates: Sequence[FactoryEndpoint], body: bytes, *,
+                  client_errors_final: bool = True, retry: bool = False,
+                  panic: bool = False) -> Committed | ClientError:
+        """Try ``candidates`` (in order, preferring new failure domains after a failure).
+
+        Raises :class:`AllAttemptsFailed` when none commits. With ``client_errors_final`` False
+        (a continuation), a 4xx is that candidate's failure, not an answer for the client.
+        ``retry``: even the first attempt is a retry (a continuation). ``panic``: the route was
+        in panic when the candidates were chosen, so no failure is a free re-route.
+        """
+        remaining = list(candidates)
+        failed_domains: set[str] = set()
+        charged = retry
+        while remaining:
+            endpoint = _next(remaining, failed_domains)
+            if charged and not self.ticket.acquire():
+                raise AllAttemptsFailed(self.failures, budget_exhausted=True)
+            try:
+                result = await self._attempt(endpoint, body, client_errors_final)
+            except CandidateUnusable as exc:
+                self._fail(endpoint, exc.reason, exc.detail, kind=None)
+                continue
+            except _Failed as exc:
+                detail = f"factory {endpoint.id} {exc.phrase}"
+                out = self._fail(endpoint, exc.reason, detail, exc.status, kind=exc.kind,
+                                 retry_after_s=exc.retry_after_s)
+                if exc.reason != "rate_limited":
+                    failed_domains.add(_domain(endpoint))
+                if not (exc.no_work or (out and not panic)):
+                    charged = True
+                continue
+            if isinstance(result, Committed) and result.sse:
+                # Reachable; whether it succeeds is known when the stream ends (exchange).
+                self.health.responded(endpoint)
+            else:
+                self.health.succeeded(endpoint)
+            return result
+        raise AllAttemptsFailed(self.failures, retry_after_s=self._retry_after(candidates))
+
+    def _retry_after(self, candidates: Sequence[FactoryEndpoint]) -> float:
+        now = self.health.clock()
+        waits = [w for c in candidates
+                 if (w := self.health.cooldowns.remaining(c.id, now)) > 0]
+        return min(waits) if waits else 0.0
+
+    async def _attempt(self, endpoint: FactoryEndpoint, body: bytes,
+                       client_errors_final: bool) -> Committed | ClientError:
+        deadline = self.deadline_for(endpoint)
+        response: aiohttp.ClientResponse | None = None
+        clock = self.clock
+        started = perf_counter()
+        try:
+            try:
+                async with asyncio.timeout(deadline):
+                    self.sent += 1
+                    response = await self.send(endpoint, body, deadline)
+                    status = response.status
+                    if status >= 500 or status == 429 or status in _FACTORY_STATUSES:
+                        retry_after = None
+                        if status in (429, 503):
+                            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                        await _drain(response)
+                        if status == 429:
+                            raise _Failed("rate_limited", f"answered HTTP {status}", status,
+                                          retry_after, kind=None)
+                        raise _Failed(_FACTORY_STATUSES.get(status, "status_5xx"),
+                                      f"answered HTTP {status}", status, retry_after)
+                    if status >= 400:
+                        raw = await response.read()
+                        response.release()
+                        if not client_errors_final:
+                            raise _Failed("client_rejected" if status == 400 else
+                                          f"client_{status}", f"answered HTTP {status}", status,
+                                          kind=None)
+                        return ClientError(endpoint, status, response.reason or "",
+                                           response.headers, raw, tuple(self.failures))
+                    sse = is_event_stream(response.headers.get("Content-Type", ""))
+                    if sse:
+                        return await self._open_stream(endpoint, response)
+                    first = await response.content.readany()
+            except TimeoutError as exc:
+                if response is not None:
+                    response.close()
+                if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                    raise _transport_failure(exc, answered=False) from None
+                raise _Failed("first_byte_timeout", f"sent no first byte within its "
+                              f"{deadline:g} s first-byte deadline",
+                              kind=Kind.DEADLINE) from None
+            except TRANSPORT_ERRORS as exc:
+                if response is not None:
+                    response.close()
+                raise _transport_failure(exc, answered=response is not None) from None
+            # Outside the deadline: the first byte came in time; the rest of the body is bounded
+            # by the idle timeout only. It is read whole before the client sees any of it, so a
+            # body that breaks now can still go to the next candidate.
+            return await self._read_body(endpoint, response, first)
+        except BaseException as exc:
+            if response is not None and not isinstance(exc, _Failed):
+                # Cancelled (client gone, shutdown): the connection must not go back to the pool
+                # with an unread body.
+                response.close()
             raise
-        return OpenedUpstream(endpoint, response, first, tuple(failures))
-    raise AllAttemptsFailed(failures)
+        finally:
+            clock.waiting += perf_counter() - started
+
+    async def _open_stream(self, endpoint: FactoryEndpoint,
+                           response: aiohttp.ClientResponse) -> Committed:
+        scan = self.new_scan()
+        out: list[bytes] = []
+        size = 0
+        while not scan.substantive and size < PRECOMMIT_LIMIT_BYTES:
+            chunk = await response.content.readany()
+            if not chunk:
+                response.close()
+                raise _Failed("empty_stream", "ended its stream before any output")
+            size += len(chunk)
+            piece = scan.feed(chunk)
+            if scan.broken is not None:
+                response.close()
+                raise _Failed(scan.broken.reason, scan.broken.detail)
+            if piece:
+                out.append(piece)
+        return Committed(endpoint, response, True, b"".join(out), scan, None,
+                         tuple(self.failures))
+
+    async def _read_body(self, endpoint: FactoryEndpoint, response: aiohttp.ClientResponse,
+                         first: bytes) -> Committed:
+        chunks = [first]
+        size = len(first)
+        try:
+            while first:
+                if size > self.buffer_limit:
+                    # Too large to hold: relay it as it comes (a break then drops the connection).
+                    return Committed(endpoint, response, False, b"".join(chunks), None, None,
+                                     tuple(self.failures))
+                chunk = await response.content.readany()
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except TRANSPORT_ERRORS as exc:
+            response.close()
+            reason, phrase = classify(exc)
+            raise _Failed(reason, f"broke off its answer: {phrase}") from None
+        response.release()
+        return Committed(endpoint, response, False, b"", None, b"".join(chunks),
+                         tuple(self.failures))

@@ -19,6 +19,12 @@ FACTORY = "x-tdn-factory"
 TIER = "x-tdn-tier"
 ATTEMPTS = "x-tdn-attempts"
 UPSTREAM_REQUEST_ID = "x-tdn-upstream-request-id"
+# The sidecar's own time until the headers were sent, in milliseconds (see overhead.py).
+OVERHEAD_MS = "x-tdn-overhead-ms"
+# Set when a context-length error was answered by re-sending to the route's fallback model.
+FALLBACK_MODEL = "x-tdn-fallback-model"
+# "exhausted" when a failed attempt was not retried because the retry budget was used up.
+RETRY_BUDGET = "x-tdn-retry-budget"
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",

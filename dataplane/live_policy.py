@@ -13,12 +13,15 @@ from urllib.parse import urlsplit
 
 from tdn.domain import PolicyInconsistent, SitePolicy
 
+from .effective_settings import settings_problems
+
 
 def check_acceptable(policy: SitePolicy, site: str) -> None:
     """Raise ValueError unless this sidecar (serving ``site``) may run ``policy``.
 
     Beyond :meth:`SitePolicy.check` (run by the wire conversion): the policy is for this site,
-    weights are usable numbers, and every factory has an http(s) base URL to send traffic to.
+    weights are usable numbers, every factory has an http(s) base URL to send traffic to, and
+    the data-plane settings and route deadlines are numbers the sidecar can run with.
     """
     policy.check()
     if site and policy.site != site:
@@ -26,7 +29,14 @@ def check_acceptable(policy: SitePolicy, site: str) -> None:
                                  f"{site!r}")
     if not policy.version:
         raise PolicyInconsistent("policy has no version")
+    problems = settings_problems(policy.settings)
+    if problems:
+        raise PolicyInconsistent("; ".join(problems))
     for route in policy.routes:
+        if not 0 <= route.first_byte_timeout_s < math.inf:
+            raise PolicyInconsistent(
+                f"route {route.model}/{route.traffic_class} has first_byte_timeout_seconds "
+                f"{route.first_byte_timeout_s!r}; it must be a finite number >= 0")
         for level in (route.primary, *route.backups):
             for member in level:
                 if not math.isfinite(member.weight) or member.weight < 0:

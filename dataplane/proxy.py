@@ -1,56 +1,44 @@
 """The OpenAI-compatible reverse proxy: the aiohttp application a sidecar serves to applications.
 
-A request is read and checked (:mod:`openai_api`), routed by the live policy (:mod:`balancer`),
-sent to candidates in order until one answers (:mod:`failover`) and relayed as it streams
-(:mod:`relay`). The upstream URL comes only from the policy's ``base_url`` plus the endpoint's
-fixed suffix: nothing a client sends can choose where its request goes.
+Each request is an :class:`~tdn.dataplane.exchange.Exchange`; this module holds what outlives
+requests: the connection pool to factories, the routing table compiled from the live policy,
+factory health (ejections, cooldowns) and its prober, the retry budget, the meter, and the
+bookkeeping every request ends with (one access-log line, request metrics). The upstream URL
+comes only from the policy's ``base_url`` plus the endpoint's fixed suffix: nothing a client
+sends can choose where its request goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from tdn.domain import FactoryEndpoint
+from tdn.domain import SitePolicy
 
 from . import access_log, api_errors, headers, openai_api
 from .access_log import AccessRecord
-from .balancer import Balancer
 from .credentials import Credentials
-from .failover import (
-    AllAttemptsFailed,
-    AttemptFailure,
-    CandidateUnusable,
-    open_first_response,
-)
+from .exchange import Exchange, ProxySettings, Shared
+from .failover import RetryTicket
+from .health import FactoryHealth
 from .live_policy import LivePolicy
+from .metering import Meter
 from .metrics import SidecarMetrics
-from .relay import relay
+from .overhead import OverheadClock
+from .prober import Prober
+from .retry_budget import RetryBudget
+from .routing_table import RoutingTable
+from .tenants import Tenants
+
+__all__ = ["Proxy", "ProxySettings"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True, slots=True)
-class ProxySettings:
-    """Connection handling towards factories and limits towards clients."""
-
-    # Connecting to a healthy factory takes well under a second; past that, the next one is
-    # likelier to answer sooner.
-    connect_timeout_s: float = 1.0
-    # Longest silence tolerated while waiting for, or between, upstream bytes. Generous on
-    # purpose until first-byte deadlines per factory arrive.
-    read_timeout_s: float = 300.0
-    max_body_bytes: int = 32 * 1024 * 1024
-    pool_limit: int = 1024
-    keepalive_timeout_s: float = 30.0
 
 
 class Proxy:
@@ -58,13 +46,32 @@ class Proxy:
 
     def __init__(self, live: LivePolicy, metrics: SidecarMetrics,
                  credentials: Credentials | None = None,
-                 settings: ProxySettings | None = None) -> None:
+                 settings: ProxySettings | None = None, *,
+                 tenants: Tenants | None = None, meter: Meter | None = None) -> None:
         self.live = live
         self.metrics = metrics
         self.credentials = credentials if credentials is not None else Credentials()
         self.settings = settings if settings is not None else ProxySettings()
-        self.balancer = Balancer()
+        self.tenants = tenants if tenants is not None else Tenants()
+        self.meter = meter if meter is not None else Meter()
+        self.health = FactoryHealth(metrics)
+        self.retry_budget = RetryBudget()
+        budget = self.retry_budget
+        metrics.watch_load(lambda: budget.active, lambda: budget.retries_in_flight)
+        self.table: RoutingTable | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._shared: Shared | None = None
+        self.prober = Prober(self.health, metrics, self.credentials, lambda: self.table,
+                             lambda: self.session)
+        live.add_listener(self.policy_swapped)
+
+    def policy_swapped(self, policy: SitePolicy) -> None:
+        """Compile ``policy`` for the request path (once per policy, never per request)."""
+        table = RoutingTable(policy)
+        self.health.policy_changed(table)
+        self.retry_budget.configure(table.settings.retry_budget_percent,
+                                    table.settings.retry_budget_min_concurrency)
+        self.table = table
 
     # --- application and its lifecycle -------------------------------------------------------
 
@@ -83,16 +90,24 @@ class Proxy:
         # or a next request cheap.
         connector = aiohttp.TCPConnector(limit=self.settings.pool_limit, limit_per_host=0,
                                          keepalive_timeout=self.settings.keepalive_timeout_s)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s,
-                                        sock_read=self.settings.read_timeout_s)
+        # Per-request timeouts are set by each exchange (first-byte deadlines, idle timeout).
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s)
         # DummyCookieJar: a cookie set by a factory for one tenant must never ride along on
         # another tenant's request.
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout,
                                               auto_decompress=False,
                                               cookie_jar=aiohttp.DummyCookieJar())
+        self._shared = Shared(self._session, self.credentials, self.metrics, self.health,
+                              self.tenants, self.meter, self.settings)
+        prober = asyncio.create_task(self.prober.run(), name="tdn-prober")
         try:
             yield
         finally:
+            prober.cancel()
+            await asyncio.wait([prober])
+            if not prober.cancelled() and prober.exception() is not None:
+                log.error("the prober stopped by a bug", exc_info=prober.exception())
+            self._shared = None
             await self._session.close()
             self._session = None
 
@@ -105,24 +120,24 @@ class Proxy:
     # --- models --------------------------------------------------------------------------------
 
     async def list_models(self, request: web.Request) -> web.Response:
-        policy = self.live.current
-        if policy is None:
+        table = self.table
+        if table is None:
             raise api_errors.no_policy()
-        created = int(policy.generated_at)
-        models = sorted({r.model for r in policy.routes})
+        created = int(table.policy.generated_at)
         return web.json_response({"object": "list", "data": [
-            {"id": m, "object": "model", "created": created, "owned_by": "tdn"} for m in models
+            {"id": m, "object": "model", "created": created, "owned_by": "tdn"}
+            for m in table.models
         ]})
 
     async def get_model(self, request: web.Request) -> web.Response:
-        policy = self.live.current
-        if policy is None:
+        table = self.table
+        if table is None:
             raise api_errors.no_policy()
         model = request.match_info["model"]
-        if not any(r.model == model for r in policy.routes):
+        if table.route(model) is None:
             raise api_errors.model_not_found(model)
         return web.json_response({"id": model, "object": "model",
-                                  "created": int(policy.generated_at), "owned_by": "tdn"})
+                                  "created": int(table.policy.generated_at), "owned_by": "tdn"})
 
     # --- proxied endpoints ---------------------------------------------------------------------
 
@@ -134,13 +149,23 @@ class Proxy:
 
     async def handle(self, request: web.Request,
                      endpoint: openai_api.Endpoint) -> web.StreamResponse:
-        started = time.monotonic()
+        clock = OverheadClock()
         record = AccessRecord(request_id=headers.request_id(request.headers),
                               method=request.method, path=request.path)
+        shared = self._shared
+        if shared is None:
+            raise RuntimeError("the proxy application is not running")
+        budget = self.retry_budget
+        budget.request_started()
+        ticket = RetryTicket(budget)
         metric_model = ""
         try:
-            response = await self._serve(request, endpoint, record)
-            metric_model = record.model
+            exchange = Exchange(shared, request, endpoint, record=record, clock=clock,
+                                ticket=ticket)
+            response = await exchange.run(self.table)
+            metric_model = record.model if record.factory else ""
+            if record.fallback_model:
+                metric_model = record.fallback_model
         except api_errors.ApiError as err:
             record.status = err.status
             record.outcome = record.outcome or "rejected"
@@ -156,89 +181,18 @@ class Proxy:
             metric_model = record.model if record.factory else ""
             raise
         finally:
-            elapsed = time.monotonic() - started
+            ticket.release()
+            elapsed = clock.elapsed_s()
+            own = clock.own_s()
             record.duration_ms = elapsed * 1000.0
+            record.overhead_ms = own * 1000.0
             if not record.outcome:
                 # Cancelled or a bug: the access line still records that the request ended.
                 record.outcome = "aborted"
             self.metrics.request_done(record.factory, record.tier, metric_model, record.outcome,
                                       elapsed)
+            self.metrics.own_time(own)
             access_log.emit(record)
-        return response
-
-    async def _serve(self, request: web.Request, endpoint: openai_api.Endpoint,
-                     record: AccessRecord) -> web.StreamResponse:
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise api_errors.body_too_large(self.settings.max_body_bytes) from None
-        parsed = openai_api.parse_request(endpoint, raw)
-        record.model = parsed.model
-        record.streamed = parsed.stream
-        record.traffic_class = headers.traffic_class(request.headers)
-        policy = self.live.current
-        if policy is None:
-            record.outcome = "no_policy"
-            raise api_errors.no_policy()
-        route = policy.route_for(parsed.model, record.traffic_class)
-        if route is None:
-            record.outcome = "unknown_model"
-            raise api_errors.model_not_found(parsed.model)
-        candidates = self.balancer.candidates(policy, route)
-        if not candidates:
-            record.outcome = "no_route"
-            raise api_errors.no_candidates(parsed.model)
-
-        forwarded = list(request.headers.items())
-        has_content_type = any(k.lower() == "content-type" for k, _ in forwarded)
-
-        async def send(factory: FactoryEndpoint) -> aiohttp.ClientResponse:
-            authorization: str | None = None
-            if factory.credential_ref:
-                authorization = self.credentials.authorization(factory.credential_ref)
-                if authorization is None:
-                    raise CandidateUnusable(
-                        "no_credential", f"factory {factory.id} needs credential "
-                        f"{factory.credential_ref!r}, which this sidecar does not hold")
-            up_headers = headers.upstream_request_headers(forwarded, record.request_id,
-                                                          authorization)
-            if not has_content_type:
-                up_headers["Content-Type"] = "application/json"
-            url = factory.base_url.rstrip("/") + endpoint.upstream_suffix
-            # Redirects are not followed: an upstream must not be able to send a request
-            # (and its credential) somewhere the policy did not name.
-            return await self.session.post(url, data=parsed.body, headers=up_headers,
-                                           allow_redirects=False)
-
-        def on_failure(failure: AttemptFailure) -> None:
-            self.metrics.failover(failure.factory_id, failure.tier, parsed.model, failure.reason)
-            log.info("request %s: %s (%s); trying the next candidate", record.request_id,
-                     failure.detail, failure.reason)
-
-        try:
-            opened = await open_first_response(candidates, send, on_failure)
-        except AllAttemptsFailed as exc:
-            record.attempts = exc.attempts
-            record.outcome = "all_failed"
-            raise api_errors.all_attempts_failed(parsed.model, exc.attempts,
-                                                 exc.failures[-1].detail) from None
-        record.attempts = opened.attempts
-        record.factory = opened.endpoint.id
-        record.tier = opened.endpoint.tier.value
-        record.status = opened.response.status
-        extra = {
-            headers.REQUEST_ID: record.request_id,
-            headers.FACTORY: opened.endpoint.id,
-            headers.TIER: opened.endpoint.tier.value,
-            headers.ATTEMPTS: str(opened.attempts),
-        }
-        response, result = await relay(request, opened, extra)
-        record.status = result.status
-        record.streamed = result.streamed
-        if result.outcome == "ok":
-            record.outcome = "ok" if result.status < 400 else "upstream_4xx"
-        else:
-            record.outcome = result.outcome
         return response
 
 

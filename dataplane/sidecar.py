@@ -1,8 +1,10 @@
-"""A whole sidecar in-process: proxy server, admin server and policy client, started and stopped
-together. ``tdn proxy`` runs one; ``tdn up`` and the tests start them directly.
+"""A whole sidecar in-process: proxy server, admin server, policy client and usage reporter,
+started and stopped together. ``tdn proxy`` runs one (or several, see :mod:`workers`); ``tdn up``
+and the tests start them directly.
 
 Start order gives static stability: the saved policy is loaded before the proxy listens, so a
-sidecar restarted while the control plane is down routes from its first request.
+sidecar restarted while the control plane is down routes from its first request. Stop order lets
+requests in flight finish, then sends the last usage window.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from tdn.domain import SitePolicy
 from .admin import build_admin_app
 from .credentials import Credentials
 from .live_policy import LivePolicy, check_acceptable
+from .metering import Meter
 from .metrics import SidecarMetrics
 from .policy_client import Backoff, PolicyClient
 from .policy_disk import PolicyDisk
 from .proxy import Proxy, ProxySettings
+from .tenants import Tenants
+from .usage_reporter import DEFAULT_INTERVAL_S, UsageReporter
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,9 @@ class SidecarSettings:
 
     Port 0 in ``listen`` or ``admin`` binds a free port (see :attr:`Sidecar.proxy_port`).
     An empty ``controlplane`` runs no policy client: policies come from :meth:`Sidecar.set_policy`
-    or the state directory only. ``state_dir`` None keeps nothing on disk.
+    or the state directory only. ``state_dir`` None keeps nothing on disk. Usage reports go to
+    ``usage_controlplane`` (None: the ``controlplane`` addresses; empty: nowhere).
+    ``reuse_port`` lets several worker processes listen on one proxy port (SO_REUSEPORT).
     """
 
     site: str
@@ -64,6 +71,13 @@ class SidecarSettings:
     backoff: Backoff = field(default_factory=Backoff)
     # How long in-flight requests (long streams included) may run on after stop() is called.
     shutdown_timeout_s: float = 5.0
+    usage_controlplane: tuple[str, ...] | None = None
+    usage_interval_s: float = DEFAULT_INTERVAL_S
+    reuse_port: bool = False
+
+    @property
+    def usage_addresses(self) -> tuple[str, ...]:
+        return self.controlplane if self.usage_controlplane is None else self.usage_controlplane
 
 
 class Sidecar:
@@ -71,13 +85,22 @@ class Sidecar:
 
     def __init__(self, settings: SidecarSettings, credentials: Credentials | None = None, *,
                  channel_credentials: grpc.ChannelCredentials | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 tenants: Tenants | None = None) -> None:
         self.settings = settings
         self.metrics = SidecarMetrics(settings.site, registry)
         self.live = LivePolicy()
         self.live.add_listener(self.metrics.policy_swapped)
         self.disk = PolicyDisk(settings.state_dir) if settings.state_dir is not None else None
-        self.proxy = Proxy(self.live, self.metrics, credentials, settings.proxy)
+        self.meter = Meter()
+        self.proxy = Proxy(self.live, self.metrics, credentials, settings.proxy,
+                           tenants=tenants, meter=self.meter)
+        self.usage_reporter: UsageReporter | None = None
+        if settings.usage_addresses:
+            self.usage_reporter = UsageReporter(
+                settings.usage_addresses, settings.node_id, settings.site, self.meter,
+                metrics=self.metrics, interval_s=settings.usage_interval_s,
+                channel_credentials=channel_credentials)
         self.policy_client: PolicyClient | None = None
         if settings.controlplane:
             self.policy_client = PolicyClient(
@@ -87,6 +110,7 @@ class Sidecar:
         self._runners: list[web.AppRunner] = []
         self._ports: dict[str, int] = {}
         self._client_task: asyncio.Task[None] | None = None
+        self._usage_task: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -101,7 +125,8 @@ class Sidecar:
             # Cancelling a proxy handler when its client goes away closes the upstream request
             # at once, instead of letting a factory generate tokens nobody will read.
             self._ports["proxy"] = await self._serve(self.proxy.app(), self.settings.listen,
-                                                     handler_cancellation=True)
+                                                     handler_cancellation=True,
+                                                     reuse_port=self.settings.reuse_port)
             admin = build_admin_app(self.live, self.metrics, self.settings.node_id,
                                     self.settings.site)
             self._ports["admin"] = await self._serve(admin, self.settings.admin)
@@ -112,12 +137,16 @@ class Sidecar:
             self._client_task = asyncio.create_task(self.policy_client.run(),
                                                     name="tdn-policy-client")
             self._client_task.add_done_callback(_report_crash)
+        if self.usage_reporter is not None:
+            self._usage_task = asyncio.create_task(self.usage_reporter.run(),
+                                                   name="tdn-usage-reporter")
+            self._usage_task.add_done_callback(_report_crash)
         log.info("sidecar %s for site %s: proxy on %s:%d, admin on %s:%d",
                  self.settings.node_id, self.settings.site, self.proxy_host, self.proxy_port,
                  parse_address(self.settings.admin)[0], self.admin_port)
 
     async def _serve(self, app: web.Application, address: str, *,
-                     handler_cancellation: bool = False) -> int:
+                     handler_cancellation: bool = False, reuse_port: bool = False) -> int:
         host, port = parse_address(address)
         # aiohttp's own access log is off: the proxy writes one structured line per request.
         runner = web.AppRunner(app, access_log=None,
@@ -125,7 +154,9 @@ class Sidecar:
                                handler_cancellation=handler_cancellation)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, host, port)
+        # reuse_port only for the proxy port: admin ports stay one per process, so that a scrape
+        # always reaches the process it names.
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         bound: int = runner.addresses[0][1]
         return bound
@@ -137,9 +168,16 @@ class Sidecar:
             task.cancel()
             # wait() rather than await: a crash was already reported by _report_crash.
             await asyncio.wait([task])
+        usage, self._usage_task = self._usage_task, None
+        if usage is not None:
+            usage.cancel()
+            await asyncio.wait([usage])
         runners, self._runners = self._runners, []
         for runner in reversed(runners):
             await runner.cleanup()
+        if usage is not None and self.usage_reporter is not None:
+            # After the runners: requests that finished during the grace period are metered too.
+            await self.usage_reporter.close()
 
     async def __aenter__(self) -> Sidecar:
         await self.start()
@@ -198,8 +236,8 @@ def _url_host(host: str) -> str:
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
-    # The proxy keeps routing on its last good policy; a crashed policy client is a bug to fix,
-    # so it is logged loudly, not swallowed.
+    # The proxy keeps routing on its last good policy; a crashed background task is a bug to
+    # fix, so it is logged loudly, not swallowed.
     if not task.cancelled() and task.exception() is not None:
-        log.error("policy client stopped by a bug; routing continues on the last good policy",
-                  exc_info=task.exception())
+        log.error("%s stopped by a bug; routing continues on the last good policy",
+                  task.get_name(), exc_info=task.exception())

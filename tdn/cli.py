@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("tdn.operator_cli", "print the current plan"),
     "explain": ("tdn.operator_cli", "explain why a route was chosen"),
     "factory": ("tdn.operator_cli", "cordon, drain or activate a factory"),
+    "policy": ("tdn.operator_cli", "validate, apply, diff, get, history or roll back a policy"),
+    "drill": ("tdn.chaos.cli", "run failover drills: inject faults, drive load, check and report"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Operator commands: ``tdn status``, ``topology``, ``plan``, ``explain`` and ``factory``.
+"""Operator commands: ``tdn status``, ``topology``, ``plan``, ``explain``, ``factory``, ``policy``.
 
 Thin clients of the control plane's Operator gRPC service. Each prints a short human table by
 default and the full message as JSON with ``--json``.
@@ -15,6 +15,8 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from tdn import policy_cli
+from tdn.tls import TlsError, add_client_flags, client_tls_from_args, secure_or_insecure_channel
 from tdn.v1 import operator_pb2, operator_pb2_grpc
 
 Metadata = tuple[tuple[str, str | bytes], ...]
@@ -59,6 +61,7 @@ def cmd_status(stub: operator_pb2_grpc.OperatorStub, args: argparse.Namespace,
     ro = " (read-only: store unreachable)" if st.read_only else ""
     print(f"replica {st.replica_id} ({role}), store {st.store}{ro}")
     print(f"plan v{st.plan_version}: {st.plan_status}")
+    print(f"policy: revision {st.policy_revision or '0 (built-in default)'}")
     print(f"factories: {st.factories_healthy}/{st.factories_total} healthy")
     rows = [["SIDECAR", "SITE", "ACKED", "LAG(s)", "CONNECTED", "LAST NACK"]]
     for s in st.sidecars:
@@ -70,6 +73,10 @@ def cmd_status(stub: operator_pb2_grpc.OperatorStub, args: argparse.Namespace,
 
 def cmd_topology(stub: operator_pb2_grpc.OperatorStub, args: argparse.Namespace,
                  meta: Metadata) -> int:
+    if args.action == "export":
+        from tdn.topology_export import run_export
+
+        return run_export(args)
     topo: operator_pb2.Topology = stub.GetTopology(operator_pb2.GetTopologyRequest(),
                                                    metadata=meta, timeout=args.timeout)
     if args.json:
@@ -116,13 +123,49 @@ def cmd_explain(stub: operator_pb2_grpc.OperatorStub, args: argparse.Namespace,
     if args.json:
         _print_json(ex)
         return 0
-    print(f"{ex.site} / {ex.model} / {ex.traffic_class} (plan v{ex.plan_version})")
-    rows = [["FACTORY", "ROLE", "WEIGHT", "COSTS / EXCLUDED BY"]]
-    for f in ex.factories:
-        detail = f.excluded_by or ", ".join(f"{c.name}={c.value:.4g}" for c in f.costs)
-        rows.append([f.factory_id, f.role, f"{f.weight:.2f}" if f.weight else "-", detail])
-    print(_table(rows))
+    print(explain_text(ex))
     return 0
+
+
+# Cost columns of `tdn explain`, in the solver's order; the last two are the queueing price at
+# the planned fill and the sum the solver compared.
+_COST_COLUMNS = ("price", "latency", "carbon", "energy", "tier", "queueing", "total")
+
+
+def explain_text(ex: operator_pb2.ExplainResponse) -> str:
+    """The explanation for people: a cost table of the factories that can carry the traffic,
+    then what excluded the others, the group's rules and its failure protection."""
+    notes = [f for f in ex.factories if f.role == "note"]
+    usable = [f for f in ex.factories if f.role not in ("note", "excluded")]
+    excluded = [f for f in ex.factories if f.role == "excluded"]
+    lines = [f"{ex.site} / {ex.model} / {ex.traffic_class}   (plan v{ex.plan_version})"]
+    rules = [n.excluded_by for n in notes if n.factory_id == "requirement"]
+    if rules:
+        lines.append(f"rules: {'; '.join(rules)}")
+    lines.append("")
+    rows = [["ROLE", "FACTORY", "WEIGHT", *(c.upper() for c in _COST_COLUMNS)]]
+    for f in usable:
+        costs = {c.name: c.value for c in f.costs}
+        rows.append([f.role, f.factory_id, f"{f.weight:.2f}" if f.weight else "-",
+                     *(f"{costs[c]:.3g}" if c in costs else "-" for c in _COST_COLUMNS)])
+    lines.append(_table(rows))
+    lines.append("costs per request in cost units ($0.001, 100 ms, 0.1 gCO2, $0.001 of "
+                 "electricity), as weighted by the policy")
+    unchosen = [f for f in usable if f.role == "eligible" and f.excluded_by]
+    if unchosen:
+        lines += ["", "not chosen:"]
+        lines.append(_table([["  " + f.factory_id, f.excluded_by] for f in unchosen]))
+    if excluded:
+        lines += ["", "excluded:"]
+        lines.append(_table([["  " + f.factory_id, f.excluded_by] for f in excluded]))
+    protection = [n.excluded_by for n in notes if n.factory_id == "protection"]
+    if protection:
+        lines += ["", "failure protection (pre-computed backups, no re-solve):"]
+        lines += [f"  {p}" for p in protection]
+    other = [n.excluded_by for n in notes if n.factory_id not in ("requirement", "protection")]
+    if other:
+        lines += ["", *other]
+    return "\n".join(lines)
 
 
 def cmd_factory(stub: operator_pb2_grpc.OperatorStub, args: argparse.Namespace,
@@ -143,14 +186,20 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--controlplane",
                         default=os.environ.get("TDN_CONTROLPLANE", "127.0.0.1:50051"),
-                        help="control-plane gRPC address (env TDN_CONTROLPLANE)")
+                        help="control-plane gRPC address(es), comma-separated: the next is "
+                             "tried when one is unreachable (env TDN_CONTROLPLANE)")
     common.add_argument("--json", action="store_true", help="print the full answer as JSON")
     common.add_argument("--timeout", type=float, default=5.0)
+    add_client_flags(common)
     parser = argparse.ArgumentParser(prog="tdn")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", parents=[common], help="plan, factories and sidecars")
     topo = sub.add_parser("topology", parents=[common], help="factories and their state")
-    topo.add_argument("action", nargs="?", default="show", choices=["show"])
+    topo.add_argument("action", nargs="?", default="show", choices=["show", "export"],
+                      help="show: a table; export: a picture (see --format)")
+    from tdn.topology_export import add_arguments as add_export_arguments
+
+    add_export_arguments(topo)
     plan = sub.add_parser("plan", parents=[common], help="the current plan")
     plan.add_argument("--site")
     ex = sub.add_parser("explain", parents=[common], help="why a route was chosen")
@@ -160,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     fac = sub.add_parser("factory", parents=[common], help="cordon, drain or activate a factory")
     fac.add_argument("action", choices=sorted(_ADMIN_BY_NAME))
     fac.add_argument("factory_id")
+    policy_cli.add_parser(sub, common)
     return parser
 
 
@@ -169,6 +219,7 @@ _COMMANDS: dict[str, Command] = {
     "plan": cmd_plan,
     "explain": cmd_explain,
     "factory": cmd_factory,
+    "policy": policy_cli.cmd_policy,
 }
 
 
@@ -176,14 +227,25 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     token = os.environ.get("TDN_OPERATOR_TOKEN", "")
     meta: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    with grpc.insecure_channel(args.controlplane) as channel:
-        stub = operator_pb2_grpc.OperatorStub(channel)
-        try:
-            return _COMMANDS[args.command](stub, args, meta)
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            name = code.name if code is not None else "ERROR"
-            print(f"tdn {args.command}: {name}: {details} ({args.controlplane})",
-                  file=sys.stderr)
-            return 1
+    try:
+        tls = client_tls_from_args(args)
+        credentials = tls.credentials() if tls is not None else None
+    except TlsError as exc:
+        print(f"tdn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    addresses = [a.strip() for a in args.controlplane.split(",") if a.strip()]
+    for index, address in enumerate(addresses):
+        with secure_or_insecure_channel(address, credentials) as channel:
+            stub = operator_pb2_grpc.OperatorStub(channel)
+            try:
+                return _COMMANDS[args.command](stub, args, meta)
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code is grpc.StatusCode.UNAVAILABLE and index + 1 < len(addresses):
+                    continue  # that replica is down: any other answers reads alike
+                details = exc.details() if hasattr(exc, "details") else str(exc)
+                name = code.name if code is not None else "ERROR"
+                print(f"tdn {args.command}: {name}: {details} ({address})", file=sys.stderr)
+                return 1
+    print(f"tdn {args.command}: no control-plane address given", file=sys.stderr)
+    return 2

@@ -127,6 +127,38 @@ class Supervisor:
     def dead(self) -> list[Component]:
         return [c for c, p in self.procs if p.poll() is not None]
 
+    def _index(self, name: str) -> int:
+        for i, (comp, _) in enumerate(self.procs):
+            if comp.name == name:
+                return i
+        raise KeyError(f"no component named {name!r}")
+
+    def alive(self, name: str) -> bool:
+        return self.procs[self._index(name)][1].poll() is None
+
+    def pid(self, name: str) -> int:
+        return self.procs[self._index(name)][1].pid
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component (a crash: no clean-up, no goodbye), and reap it."""
+        _, proc = self.procs[self._index(name)]
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        self.write_state()
+
+    def restart(self, name: str) -> None:
+        """Start a stopped or killed component again with the same command, in its old place
+        (so that stop order is kept); a running one is left alone."""
+        index = self._index(name)
+        comp, proc = self.procs[index]
+        if proc.poll() is None:
+            return
+        self.start(comp)
+        self.procs[index] = self.procs.pop()
+        self.write_state()
+
     def stop_all(self, timeout: float = 10.0) -> None:
         for _, proc in reversed(self.procs):
             if proc.poll() is None:

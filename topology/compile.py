@@ -8,11 +8,13 @@ the control plane can skip pushing it (:func:`site_policies_equal_ignoring_versi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
 from tdn.domain import FactoryEndpoint, FactoryState, Plan, Route, Site, SitePolicy
-from tdn.topology.routes import rounded_weights
+from tdn.policy import DEFAULT_POLICY, Policy
+from tdn.topology.weights import rounded_weights
 
 
 def ceil_two_significant(value: float) -> float:
@@ -52,34 +54,61 @@ def _shippable(route: Route, known: Mapping[str, FactoryState]) -> Route:
         kept = rounded_weights({w.factory_id: w.weight for w in level if w.factory_id in known})
         if kept:
             backups.append(kept)
-    return Route(route.model, route.traffic_class, primary, tuple(backups))
+    return dataclasses.replace(route, primary=primary, backups=tuple(backups))
+
+
+def _decorated(routes: tuple[Route, ...], policy: Policy) -> tuple[Route, ...]:
+    """The site's routes with the policy's per-model settings, plus one route per alias.
+
+    A context fallback is only set when the fallback model is routed at this site too (a
+    sidecar cannot fall back to a model it has no route for); an alias route is a copy of its
+    model's route under the alias's name, unless the site routes a model of that name itself.
+    """
+    routed = {r.model for r in routes}
+    out = []
+    for route in routes:
+        rule = policy.model_rule(route.model)
+        out.append(route if rule is None else dataclasses.replace(
+            route,
+            context_fallback_model=(rule.context_fallback
+                                    if rule.context_fallback in routed else ""),
+            first_byte_timeout_s=rule.first_byte_timeout_s))
+    aliases = [dataclasses.replace(route, model=alias) for route in out
+               for rule in [policy.model_rule(route.model)] if rule is not None
+               for alias in rule.aliases if alias not in routed]
+    return tuple(out + aliases)
 
 
 def compile_site_policies(plan: Plan, factories: Sequence[FactoryState], sites: Sequence[Site],
                           *, credential_refs: Mapping[str, str] | None = None,
-                          generated_at: float = 0.0) -> dict[str, SitePolicy]:
+                          generated_at: float = 0.0,
+                          policy: Policy = DEFAULT_POLICY) -> dict[str, SitePolicy]:
     """One policy per site (those given and those the plan routes), version ``str(plan.version)``.
 
     ``credential_refs`` maps a factory id to the name of the credential sidecars use for it;
     ``generated_at`` is wall-clock seconds supplied by the caller (this core reads no clock).
+    The operator's ``policy`` supplies the data-plane settings of every site, each model's
+    context fallback and first-byte deadline, and the routes of model aliases.
     """
     refs = credential_refs or {}
     by_id = {f.spec.id: f for f in factories}
     site_ids = sorted({s.id for s in sites} | {site for site, _ in plan.routes})
     policies: dict[str, SitePolicy] = {}
     for site in site_ids:
-        routes = tuple(_shippable(r, by_id) for r in plan.routes_for_site(site))
+        routes = _decorated(tuple(_shippable(r, by_id) for r in plan.routes_for_site(site)),
+                            policy)
         referenced = sorted({fid for r in routes for fid in r.factory_ids()})
-        policy = SitePolicy(
+        site_policy = SitePolicy(
             site=site,
             version=str(plan.version),
             factories=tuple(_endpoint(by_id[fid], refs.get(fid, "")) for fid in referenced),
             routes=routes,
             generated_at=generated_at,
             plan_reason=plan.status,
+            settings=policy.dataplane,
         )
-        policy.check()  # a failure here is a bug in this module, never to be shipped
-        policies[site] = policy
+        site_policy.check()  # a failure here is a bug in this module, never to be shipped
+        policies[site] = site_policy
     return policies
 
 
@@ -89,4 +118,5 @@ def site_policies_equal_ignoring_version(a: SitePolicy, b: SitePolicy) -> bool:
     Ignores ``version``, ``generated_at`` and ``plan_reason``: the plan status is global (a note
     about another site changes it), and pushing every site for it would be churn, not news.
     """
-    return a.site == b.site and a.factories == b.factories and a.routes == b.routes
+    return (a.site == b.site and a.factories == b.factories and a.routes == b.routes
+            and a.settings == b.settings)

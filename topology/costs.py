@@ -31,13 +31,26 @@ class CostTerms:
     carbon: float
     energy: float
 
-    def total(self, options: SolveOptions) -> float:
-        return (
+    def total(self, options: SolveOptions, tier_factor: float = 1.0) -> float:
+        """The weighted cost the solver compares, times the factory tier's preference factor."""
+        return tier_factor * (
             self.price * options.price_weight
             + self.latency * options.latency_weight
             + self.carbon * options.carbon_weight
             + self.energy * options.energy_weight
         )
+
+    def weighted(self, options: SolveOptions, tier_factor: float = 1.0,
+                 ) -> tuple[tuple[str, float], ...]:
+        """Each term as the solver weighs it, plus the tier preference's share ("tier"), so
+        that the terms add up to :meth:`total`."""
+        terms = (
+            ("price", self.price * options.price_weight),
+            ("latency", self.latency * options.latency_weight),
+            ("carbon", self.carbon * options.carbon_weight),
+            ("energy", self.energy * options.energy_weight),
+        )
+        return (*terms, ("tier", (tier_factor - 1.0) * sum(v for _, v in terms)))
 
     def named(self) -> tuple[tuple[str, float], ...]:
         """The terms as (name, value) pairs, in the order the operator API explains them."""

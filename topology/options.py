@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from tdn.domain import Tier
+from tdn.policy import BackupDomain, Policy
+
 
 @dataclass(frozen=True, slots=True)
 class SolveOptions:
@@ -38,6 +41,21 @@ class SolveOptions:
     # A factory with a smaller share of a group than this is dropped from its primary set: a
     # sliver of traffic buys a connection pool and a failure mode, not capacity.
     min_primary_share: float = 0.01
+    # (tier, factor) multiplying every cost of a factory of that tier: 1 neutral, 0.8 a bonus.
+    tier_factors: tuple[tuple[Tier, float], ...] = ()
+    # What backup levels must differ in: "failure_domain" (region plus rack) or "region".
+    backup_domain: BackupDomain = BackupDomain.FAILURE_DOMAIN
+    # The LP starts from each group's few cheapest candidates (plus the greedy solution's) and
+    # adds others only when their reduced cost says they would lower the objective (column
+    # generation), so it stays small at a thousand factories yet optimal.
+    min_candidates: int = 3
+    pricing_rounds: int = 25
+
+    def tier_factor(self, tier: Tier) -> float:
+        for name, factor in self.tier_factors:
+            if name is tier:
+                return factor
+        return 1.0
 
     def validate(self) -> None:
         """Raise ValueError for options no solve can honour (a bug in whoever built them)."""
@@ -55,3 +73,30 @@ class SolveOptions:
             raise ValueError("SolveOptions.backup_depth must be >= 0")
         if not self.min_primary_share < 0.5:
             raise ValueError("SolveOptions.min_primary_share must be < 0.5")
+        for tier, factor in self.tier_factors:
+            if not math.isfinite(factor) or factor <= 0:
+                raise ValueError(f"SolveOptions tier factor for {tier} is {factor!r}; must be > 0")
+        if self.min_candidates < 1 or self.pricing_rounds < 0:
+            raise ValueError("SolveOptions.min_candidates must be >= 1, pricing_rounds >= 0")
+
+
+def options_from_policy(policy: Policy, base: SolveOptions | None = None) -> SolveOptions:
+    """The solve knobs an operator's policy sets, on top of ``base`` for the ones it does not."""
+    b = base or SolveOptions()
+    return SolveOptions(
+        price_weight=policy.objective.price,
+        latency_weight=policy.objective.latency,
+        carbon_weight=policy.objective.carbon,
+        energy_weight=policy.objective.energy,
+        capacity_headroom=policy.capacity_headroom,
+        churn_penalty=policy.churn_penalty,
+        backup_depth=policy.backups.depth,
+        time_limit_s=policy.solver.time_limit_s,
+        queueing_steepness=policy.queueing_steepness,
+        queueing_segments=b.queueing_segments,
+        min_primary_share=b.min_primary_share,
+        tier_factors=policy.tier_factors,
+        backup_domain=policy.backups.domain,
+        min_candidates=b.min_candidates,
+        pricing_rounds=b.pricing_rounds,
+    )

@@ -1,89 +1,76 @@
-"""The routing problem in solver-neutral form: demand groups, their candidate factories, capacities.
+"""The routing problem in solver-neutral form: demand groups, every (group, factory) pair that
+serves the group's model, each judged and priced, plus capacities and the previous plan.
 
-Both the LP (:mod:`tdn.topology.lp`) and the greedy fallback (:mod:`tdn.topology.greedy`) read this,
-so a fallback plan obeys exactly the same eligibility, costs and capacities as an optimal one.
-Everything is built in sorted order: the same input always yields the same model, and GLOP on the
-same model yields the same answer.
+Both the LP (:mod:`tdn.topology.lp`) and the greedy fallback (:mod:`tdn.topology.greedy`) read
+this, so a fallback plan obeys exactly the same eligibility, costs and capacities as an optimal
+one. Pairs are held as flat arrays sorted by (group, cost, factory id): judging and pricing a
+thousand factories against thousands of groups is then a few vectorised passes. Everything is
+built in sorted order, so the same input always yields the same arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tdn.domain import AdminState, Demand, FactoryState, Plan, Site
-from tdn.topology.costs import CostTerms, request_cost
-from tdn.topology.eligibility import judge
-from tdn.topology.estimates import concurrency, request_duration_s
+import numpy as np
+
+from tdn.domain import Demand, FactoryState, Plan, Site
+from tdn.policy import DEFAULT_POLICY, Policy
+from tdn.topology.costs import CARBON_UNIT_G, ENERGY_UNIT_USD, LATENCY_UNIT_S, PRICE_UNIT_USD
+from tdn.topology.eligibility import (
+    AT_CAPACITY,
+    CORDONED,
+    DOES_NOT_SERVE_MODEL,
+    DRAINED,
+    HEALTH_UNKNOWN,
+    UNHEALTHY,
+    Check,
+    per_token_exceeded,
+    price_above_cap,
+    slo_exceeded,
+    unknown_site,
+    zone_not_allowed,
+    zone_not_allowed_for_tenant,
+)
+from tdn.topology.estimates import DEFAULT_BASE_TTFT_S, DEFAULT_PREFILL_TOKENS_PER_S, LOCAL_RTT_MS
 from tdn.topology.options import SolveOptions
+from tdn.topology.requirements import Requirement, requirement
+from tdn.topology.tables import (
+    Bools,
+    FactoryTable,
+    Floats,
+    Ints,
+    SiteTable,
+    factory_table,
+    site_table,
+)
 
 GroupKey = tuple[str, str, str]  # (site, model, traffic class)
 Exclusion = tuple[str, str, str, str, str]  # (site, model, class, factory id, reason)
 
 # A zone no factory can be in: what merged demands with disjoint zone restrictions allow.
 _NO_ZONE = "<no common zone>"
+# Up to this many (group, factory serving its model) pairs, a plan lists every exclusion.
+EXCLUSIONS_LISTED_UP_TO = 20_000
+# A group with no traffic yet still deserves its cheapest route, so costs are weighed as if a
+# trickle of traffic existed; capacity uses the true (zero) load.
+MIN_OBJECTIVE_RATE = 1e-3
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A factory that may serve a group, with what one request of the group would cost there."""
+def merge_demands(demands: Sequence[Demand], policy: Policy = DEFAULT_POLICY,
+                  ) -> tuple[Demand, ...]:
+    """One demand per (site, served model, class): rates add, token counts average by rate.
 
-    factory_id: str
-    may_be_primary: bool
-    terms: CostTerms
-    cost: float  # weighted per-request cost, in cost units
-    concurrency: float  # in-flight requests if this factory took the whole group
-    duration_s: float  # how long one request holds a slot here
-    domain: str
-    region: str
-    cordoned: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """One (site, model, class) of demand with its candidates, cheapest first."""
-
-    key: GroupKey
-    demand: Demand
-    candidates: tuple[Candidate, ...]
-
-    @property
-    def primaries(self) -> tuple[Candidate, ...]:
-        return tuple(c for c in self.candidates if c.may_be_primary)
-
-    @property
-    def objective_rate(self) -> float:
-        # A group with no traffic yet still deserves its cheapest route, so costs are weighed as
-        # if a trickle of traffic existed; capacity uses the true (zero) load.
-        return max(self.demand.rate_rps, 1e-3)
-
-    @property
-    def label(self) -> str:
-        return "/".join(self.key)
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    groups: tuple[Group, ...]
-    factories: Mapping[str, FactoryState]
-    # Concurrency each factory may be planned for, after headroom.
-    capacity: Mapping[str, float]
-    # Output tokens/s each factory may be planned for, after headroom; absent means unbounded.
-    output_capacity: Mapping[str, float]
-    exclusions: tuple[Exclusion, ...]
-    # Previous plan's primary split per group, for the churn penalty.
-    previous: Mapping[GroupKey, Mapping[str, float]]
-    options: SolveOptions
-
-
-def merge_demands(demands: Sequence[Demand]) -> tuple[Demand, ...]:
-    """One demand per (site, model, class): rates add, token counts average by rate.
-
-    The strictest of the merged SLOs and zone restrictions applies, because each request of the
+    Model aliases are resolved first (traffic to an alias is traffic to its model). The
+    strictest of the merged SLOs and zone restrictions applies, because each request of the
     merged group must be allowed to go wherever the group is routed.
     """
     by_key: dict[GroupKey, list[Demand]] = {}
-    for d in demands:
+    for given in demands:
+        model = policy.resolve_model(given.model)
+        d = given if model == given.model else dataclasses.replace(given, model=model)
         by_key.setdefault((d.site, d.model, d.traffic_class), []).append(d)
     merged = []
     for key in sorted(by_key):
@@ -122,75 +109,6 @@ def previous_shares(previous: Plan | None) -> dict[GroupKey, dict[str, float]]:
     }
 
 
-def build_problem(factories: Sequence[FactoryState], sites: Sequence[Site],
-                  demands: Sequence[Demand], previous: Plan | None,
-                  options: SolveOptions) -> Problem:
-    """Judge every (group, factory) pair and price the eligible ones."""
-    by_id: dict[str, FactoryState] = {}
-    for f in factories:
-        if f.spec.id in by_id:
-            raise ValueError(f"duplicate factory id {f.spec.id!r}")
-        by_id[f.spec.id] = f
-    site_by_id = {s.id: s for s in sites}
-    ordered = [by_id[fid] for fid in sorted(by_id)]
-    groups = []
-    exclusions: list[Exclusion] = []
-    for demand in merge_demands(demands):
-        key = (demand.site, demand.model, demand.traffic_class)
-        site = site_by_id.get(demand.site)
-        candidates = []
-        for factory in ordered:
-            verdict = judge(demand, factory, site)
-            if verdict.reason:
-                exclusions.append((*key, factory.spec.id, verdict.reason))
-            if not verdict.may_be_backup or site is None:
-                continue
-            terms = request_cost(demand, factory, site)
-            candidates.append(Candidate(
-                factory_id=factory.spec.id,
-                may_be_primary=verdict.may_be_primary,
-                terms=terms,
-                cost=terms.total(options),
-                concurrency=concurrency(demand, factory),
-                duration_s=request_duration_s(demand, factory),
-                domain=factory.spec.domain,
-                region=factory.spec.region,
-                cordoned=factory.admin is AdminState.CORDONED,
-            ))
-        candidates.sort(key=lambda c: (c.cost, c.factory_id))
-        groups.append(Group(key=key, demand=demand, candidates=tuple(candidates)))
-    keep = 1.0 - options.capacity_headroom
-    return Problem(
-        groups=tuple(groups),
-        factories=by_id,
-        capacity={fid: f.spec.max_concurrency * keep for fid, f in by_id.items()},
-        output_capacity={
-            fid: f.spec.max_output_tokens_per_second * keep
-            for fid, f in by_id.items() if f.spec.max_output_tokens_per_second > 0
-        },
-        exclusions=tuple(sorted(exclusions)),
-        previous=previous_shares(previous),
-        options=options,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    """A solution: each group's share per factory, its unserved share, and the objective value."""
-
-    shares: Mapping[GroupKey, Mapping[str, float]]
-    unserved: Mapping[GroupKey, float]
-    objective: float
-    status: str  # "optimal" or "feasible" from the LP; the greedy fallback sets its own
-
-
-def unserved_penalty(group: Group, options: SolveOptions) -> float:
-    """Per-request cost of leaving demand unserved: far above serving it anywhere, fully queued."""
-    top_queueing = queueing_marginal_costs(options)[-1]
-    worst = max((c.cost + top_queueing * c.duration_s for c in group.primaries), default=0.0)
-    return 1000.0 + 10.0 * worst
-
-
 def queueing_marginal_costs(options: SolveOptions) -> tuple[float, ...]:
     """Cost per second of occupancy of one slot in each capacity segment, increasing (convex).
 
@@ -205,3 +123,251 @@ def queueing_marginal_costs(options: SolveOptions) -> tuple[float, ...]:
         rho = (i + 0.5) / k * keep
         costs.append(options.queueing_steepness * rho / (1.0 - rho))
     return tuple(costs)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Problem:
+    """Groups, pairs and capacities; pair arrays are sorted by (group, cost, factory id)."""
+
+    options: SolveOptions
+    factories: FactoryTable
+    sites: SiteTable
+    # --- groups
+    keys: tuple[GroupKey, ...]
+    demands: tuple[Demand, ...]
+    requirements: tuple[Requirement, ...]
+    rate: Floats
+    objective_rate: Floats
+    tokens_per_s: Floats  # output tokens/s of the whole group
+    penalty: Floats  # per-request cost of leaving the group unserved
+    has_previous: Bools
+    start: Ints  # the group's pairs are [start[g], start[g + 1])
+    # --- pairs: every factory serving the group's model, or in a large network only those
+    # that may carry traffic (and all of a group that has none); see build_problem
+    group: Ints
+    factory: Ints
+    check: Ints  # a Check code
+    cost: Floats  # weighted per-request cost, tier factor included
+    duration: Floats  # seconds one request holds a slot
+    concurrency: Floats  # in-flight requests if the factory took the whole group
+    ttft: Floats  # estimated TTFT seen from the site
+    previous: Floats  # the previous plan's primary weight (0 when none)
+    primary: Bools  # check is OK: may carry primary traffic
+    backup_capable: Bools  # check is OK or CORDONED: may catch failovers
+
+    @property
+    def group_count(self) -> int:
+        return len(self.keys)
+
+    def pairs(self, g: int) -> range:
+        return range(int(self.start[g]), int(self.start[g + 1]))
+
+
+    def label(self, g: int) -> str:
+        return "/".join(self.keys[g])
+
+    def exclusion_reason(self, j: int) -> str:
+        """The reason text for pair ``j`` in the words of :func:`~.eligibility.judge`."""
+        code = Check(int(self.check[j]))
+        g, f = int(self.group[j]), int(self.factory[j])
+        spec = self.factories.states[f].spec
+        req = self.requirements[g]
+        if code is Check.UNKNOWN_SITE:
+            return unknown_site(self.keys[g][0])
+        if code is Check.ZONE_SITE:
+            return zone_not_allowed(spec.compliance_zone, self.keys[g][0])
+        if code is Check.ZONE_TENANT:
+            return zone_not_allowed_for_tenant(spec.compliance_zone,
+                                               req.tenant_refusing(spec.compliance_zone))
+        if code is Check.PRICE_CAP:
+            return price_above_cap(spec.price.output_per_mtok, req.max_output_price_per_mtok,
+                                   req.price_cap_source)
+        if code is Check.TTFT_SLO:
+            return slo_exceeded(float(self.ttft[j]), req.ttft_slo_s)
+        if code is Check.PER_TOKEN_SLO:
+            return per_token_exceeded(float(self.factories.itl[f]), req.per_token_slo_s)
+        return _FIXED_REASONS.get(code, "")
+
+    def exclusions(self) -> tuple[Exclusion, ...]:
+        """Why each kept pair's factory may not be its group's primary (see build_problem for
+        which pairs a large network keeps)."""
+        out = [(*self.keys[int(self.group[j])], self.factories.id(int(self.factory[j])),
+                self.exclusion_reason(j))
+               for j in np.flatnonzero(self.check != int(Check.OK)).tolist()]
+        out.sort()
+        return tuple(out)
+
+
+_FIXED_REASONS = {
+    Check.NO_MODEL: DOES_NOT_SERVE_MODEL,
+    Check.HEALTH_UNKNOWN: HEALTH_UNKNOWN,
+    Check.UNHEALTHY: UNHEALTHY,
+    Check.DRAINED: DRAINED,
+    Check.AT_CAPACITY: AT_CAPACITY,
+    Check.CORDONED: CORDONED,
+}
+
+
+def _zone_matrices(sites: SiteTable, zones: Sequence[str], reqs: Sequence[Requirement],
+                   ) -> tuple[Ints, Bools, Bools]:
+    """Per group an index into two [zone set, factory zone] tables: allowed by the site (and
+    demand), and allowed by everyone (tenants included). Few distinct sets exist, so the tables
+    stay small however many groups there are."""
+    sets: dict[tuple[tuple[str, ...], frozenset[str]], int] = {}
+    ids = np.empty(len(reqs), dtype=np.int64)
+    for g, req in enumerate(reqs):
+        ids[g] = sets.setdefault((req.site_zones, req.zones()), len(sets))
+    site_ok = np.zeros((max(len(sets), 1), max(len(zones), 1)), dtype=np.bool_)
+    all_ok = np.zeros_like(site_ok)
+    for (site_zones, all_zones), i in sets.items():
+        for z, zone in enumerate(zones):
+            site_ok[i, z] = zone in site_zones
+            all_ok[i, z] = zone in all_zones
+    return ids, site_ok, all_ok
+
+
+def build_problem(factories: Sequence[FactoryState], sites: Sequence[Site],
+                  demands: Sequence[Demand], previous: Plan | None, options: SolveOptions,
+                  *, policy: Policy = DEFAULT_POLICY) -> Problem:
+    """Judge every (group, factory serving its model) pair and price the usable ones, all at
+    once."""
+    site_ids = sorted({s.id for s in sites})
+    site_index = {sid: i for i, sid in enumerate(site_ids)}
+    ft = factory_table(factories, site_index, options)
+    st = site_table(sites, ft.regions)
+    merged = merge_demands(demands, policy)
+    G = len(merged)
+    keys = tuple((d.site, d.model, d.traffic_class) for d in merged)
+    site_of = np.fromiter((st.index.get(d.site, -1) for d in merged), dtype=np.int64, count=G)
+    reqs = tuple(requirement(d, st.sites[site_of[g]], policy) if site_of[g] >= 0
+                 else requirement(d, Site(d.site, "", "")) for g, d in enumerate(merged))
+
+    def per_group(values: Sequence[float]) -> Floats:
+        return np.fromiter(values, dtype=np.float64, count=G)
+
+    rate = per_group([d.rate_rps for d in merged])
+    prompt = per_group([d.prompt_tokens for d in merged])
+    output = per_group([d.output_tokens for d in merged])
+    ttft_slo = per_group([r.ttft_slo_s for r in reqs])
+    token_slo = per_group([r.per_token_slo_s for r in reqs])
+    price_cap = per_group([r.max_output_price_per_mtok for r in reqs])
+    zone_set, site_ok, all_ok = _zone_matrices(st, ft.zones, reqs)
+
+    empty = np.empty(0, dtype=np.int64)
+    per_model = [ft.by_model.get(d.model, empty) for d in merged]
+    lengths = np.fromiter((len(a) for a in per_model), dtype=np.int64, count=G)
+    g = np.repeat(np.arange(G, dtype=np.int64), lengths)
+    f = np.concatenate(per_model) if per_model else empty
+    s = site_of[g]
+    s_safe = np.maximum(s, 0)
+
+    # The physical model of tdn.topology.estimates, term by term in the same order.
+    observed = ft.ttft_observed[f]
+    factory_ttft = np.where(observed > 0, observed,
+                            DEFAULT_BASE_TTFT_S + prompt[g] / DEFAULT_PREFILL_TOKENS_PER_S)
+    duration = factory_ttft + output[g] * ft.itl[f]
+    waiting = ft.waiting[f]
+    backlog = np.where(waiting > 0, waiting * duration / ft.max_concurrency[f], 0.0)
+    local = ft.onsite[f] & (ft.onsite_site[f] == s)
+    rtt = np.where(local, LOCAL_RTT_MS, st.rtt_ms[s_safe, ft.region[f]])
+    ttft = rtt / 1000.0 + factory_ttft + backlog
+
+    zone_ok_site = site_ok[zone_set[g], ft.zone[f]] & ~(ft.onsite[f] & ~local)
+    health = ft.health[f]
+    check = np.select(
+        [s < 0, health != int(Check.OK), ~zone_ok_site, ~all_ok[zone_set[g], ft.zone[f]],
+         ft.output_price[f] > price_cap[g], ttft > ttft_slo[g], ft.itl[f] > token_slo[g],
+         ft.saturated[f], ft.cordoned[f]],
+        [int(Check.UNKNOWN_SITE), health, int(Check.ZONE_SITE), int(Check.ZONE_TENANT),
+         int(Check.PRICE_CAP), int(Check.TTFT_SLO), int(Check.PER_TOKEN_SLO),
+         int(Check.AT_CAPACITY), int(Check.CORDONED)],
+        default=int(Check.OK)).astype(np.int64)
+
+    # A small network keeps every pair, so the plan can list every exclusion. A large one
+    # keeps only the pairs that may carry traffic, plus every pair of a group that has none
+    # (so its plan can say why): listing, say, every US factory as "zone not allowed" for
+    # every EU group would cost more than the solve. Explain re-judges any pair on demand.
+    usable = check <= int(Check.CORDONED)
+    keep = np.ones(len(g), dtype=np.bool_)
+    if len(g) > EXCLUSIONS_LISTED_UP_TO:
+        has_usable = np.zeros(G, dtype=np.bool_)
+        has_usable[g[usable]] = True
+        keep = usable | ~has_usable[g]
+    g, f, check, duration, ttft = g[keep], f[keep], check[keep], duration[keep], ttft[keep]
+    lengths = np.bincount(g, minlength=G).astype(np.int64)
+
+    price = (prompt[g] * ft.input_price[f] + output[g] * ft.output_price[f]) / 1e6
+    out_mtok = output[g] / 1e6
+    o = options
+    cost = ft.tier_factor[f] * (
+        price / PRICE_UNIT_USD * o.price_weight
+        + ttft / LATENCY_UNIT_S * o.latency_weight
+        + ft.gco2_per_mtok[f] * out_mtok / CARBON_UNIT_G * o.carbon_weight
+        + ft.energy_cost_per_mtok[f] * out_mtok / ENERGY_UNIT_USD * o.energy_weight)
+
+    order = np.lexsort((f, cost, g))
+    g, f, check, cost = g[order], f[order], check[order], cost[order]
+    duration, ttft = duration[order], ttft[order]
+    start = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+
+    prev = previous_shares(previous)
+    has_prev = np.fromiter((k in prev for k in keys), dtype=np.bool_, count=G)
+    prev_share = np.zeros(len(f), dtype=np.float64)
+    for gi in np.flatnonzero(has_prev).tolist():
+        shares = prev[keys[gi]]
+        for j in range(int(start[gi]), int(start[gi + 1])):
+            prev_share[j] = shares.get(ft.id(int(f[j])), 0.0)
+
+    # Leaving demand unserved must cost far more than serving it anywhere, fully queued.
+    top_queueing = queueing_marginal_costs(options)[-1]
+    worst = np.zeros(G, dtype=np.float64)
+    primary = check == int(Check.OK)
+    np.maximum.at(worst, g[primary], cost[primary] + top_queueing * duration[primary])
+    return Problem(
+        options=options, factories=ft, sites=st, keys=keys, demands=merged, requirements=reqs,
+        rate=rate, objective_rate=np.maximum(rate, MIN_OBJECTIVE_RATE),
+        tokens_per_s=rate * output, penalty=1000.0 + 10.0 * worst, has_previous=has_prev,
+        start=start, group=g, factory=f, check=check, cost=cost, duration=duration,
+        concurrency=rate[g] * duration, ttft=ttft, previous=prev_share, primary=primary,
+        backup_capable=check <= int(Check.CORDONED),
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Solution:
+    """Shares per pair (aligned with the problem's pair arrays), unserved share per group, the
+    objective value and how it was reached ("optimal", "feasible" or "fallback:<why>")."""
+
+    x: Floats
+    unserved: Floats
+    objective: float
+    status: str
+
+    def shares(self, problem: Problem, g: int, zero: float = 1e-9) -> dict[str, float]:
+        """Group ``g``'s share per factory id."""
+        return {problem.factories.id(int(problem.factory[j])): min(float(self.x[j]), 1.0)
+                for j in problem.pairs(g) if self.x[j] > zero}
+
+
+def objective_value(problem: Problem, x: Floats, unserved: Floats) -> float:
+    """The LP's objective for any per-pair assignment ``x``: what greedy and LP are compared
+    on. Queueing is charged by filling each factory's cheapest segments first, as the LP does."""
+    o = problem.options
+    rate = problem.objective_rate[problem.group]
+    total = float(np.sum(rate * problem.cost * x))
+    total += float(np.sum(problem.objective_rate * problem.penalty * unserved))
+    if o.churn_penalty > 0:
+        # Churn is charged where the LP can weigh it: on factories still eligible as primaries.
+        churned = problem.has_previous[problem.group] & problem.primary
+        total += float(np.sum(rate[churned] * o.churn_penalty
+                              * np.abs(x[churned] - problem.previous[churned])))
+    load = np.zeros(len(problem.factories), dtype=np.float64)
+    np.add.at(load, problem.factory, problem.concurrency * x)
+    marginals = queueing_marginal_costs(o)
+    segment = problem.factories.capacity / len(marginals)
+    for k, marginal in enumerate(marginals):
+        in_segment = np.clip(load - k * segment, 0.0, segment)
+        if k == len(marginals) - 1:
+            in_segment = np.maximum(load - k * segment, 0.0)
+        total += marginal * float(np.sum(in_segment))
+    return total

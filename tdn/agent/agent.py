@@ -26,8 +26,9 @@ from tdn.agent.backoff import Backoff
 from tdn.agent.engine_client import EngineClient, EngineUnavailable
 from tdn.agent.metrics_window import MetricsWindow
 from tdn.agent.report import build_report
-from tdn.agent.settings import AgentSettings
+from tdn.agent.settings import AgentSettings, SettingsError
 from tdn.domain import FactoryLoad, FactorySpec
+from tdn.tls import TlsError
 from tdn.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger("tdn.agent")
@@ -81,6 +82,13 @@ class FactoryAgent:
         self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s, rng)
         self._acked_on_stream = False
         self._rejecting = False
+        # Read once, at start: a bad file is refused now, not on the first reconnect.
+        self._credentials: grpc.ChannelCredentials | None = None
+        if settings.tls is not None:
+            try:
+                self._credentials = settings.tls.client_tls().credentials()
+            except TlsError as exc:
+                raise SettingsError(str(exc)) from None
 
     @property
     def interval_s(self) -> float:
@@ -133,8 +141,8 @@ class FactoryAgent:
             ("grpc.initial_reconnect_backoff_ms", int(s.backoff_initial_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(s.backoff_max_s * 1000)),
         ]
-        # Mutual TLS goes here (grpc.aio.secure_channel) once MtlsFiles is implemented;
-        # settings.validate() refuses s.tls until then.
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(address, self._credentials, options=options)
         return grpc.aio.insecure_channel(address, options=options)
 
     async def _stream(self, address: str, engine: EngineClient) -> NoReturn:

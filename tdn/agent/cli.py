@@ -15,12 +15,20 @@ import logging
 import math
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from tdn.agent.agent import FactoryAgent
-from tdn.agent.settings import AgentSettings, SettingsError, engine_base, split_addresses
+from tdn.agent.settings import (
+    AgentSettings,
+    MtlsFiles,
+    SettingsError,
+    engine_base,
+    split_addresses,
+)
 from tdn.config import ConfigError, load_factory_file, load_network
 from tdn.domain import FactorySpec, Price, Tier, ValidationFailure
+from tdn.tls import add_client_flags
 
 log = logging.getLogger("tdn.agent")
 
@@ -75,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds allowed for one scrape of the engine (default 2)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_client_flags(p)
 
     src = p.add_argument_group("factory description (a file, a network entry, or flags)")
     src.add_argument("--factory-file", metavar="FILE",
@@ -165,7 +174,20 @@ def settings_from_args(args: argparse.Namespace, spec: FactorySpec,
         engine_url = engine_base(spec.endpoint)
     addresses = split_addresses(args.controlplane or network_cp or DEFAULT_CONTROLPLANE)
     return AgentSettings(engine_url=engine_url, controlplanes=addresses,
-                         interval_s=args.interval, scrape_timeout_s=args.scrape_timeout)
+                         interval_s=args.interval, scrape_timeout_s=args.scrape_timeout,
+                         tls=_mtls(args))
+
+
+def _mtls(args: argparse.Namespace) -> MtlsFiles | None:
+    """The agent's mutual-TLS files; an agent that presents no certificate is refused by a
+    control plane that asks for one, so all three flags are required together."""
+    given = [getattr(args, n, None) for n in ("tls_ca", "tls_cert", "tls_key")]
+    if not any(given):
+        return None
+    if not all(given):
+        raise UsageError("--tls-ca, --tls-cert and --tls-key go together")
+    ca, cert, key = (Path(str(g)) for g in given)
+    return MtlsFiles(ca_cert=ca, cert_chain=cert, private_key=key)
 
 
 def agent_from_args(args: argparse.Namespace) -> FactoryAgent:

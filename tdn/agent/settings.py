@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tdn.tls import ClientTls
+
 
 class SettingsError(ValueError):
     """Settings an agent cannot run with."""
@@ -19,16 +21,15 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class MtlsFiles:
-    """PEM files for mutual TLS to the control plane.
-
-    Not implemented yet: a later issue wires these into ``grpc.ssl_channel_credentials``.
-    Until then :meth:`AgentSettings.validate` refuses them rather than silently connecting in
-    plain text.
-    """
+    """PEM files for mutual TLS to the control plane: the CA that signed its certificate, and
+    this agent's own certificate chain and key (see :mod:`tdn.tls`)."""
 
     ca_cert: Path
     cert_chain: Path
     private_key: Path
+
+    def client_tls(self) -> ClientTls:
+        return ClientTls(ca=self.ca_cert, cert=self.cert_chain, key=self.private_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,10 @@ class AgentSettings:
         if self.backoff_max_s < self.backoff_initial_s:
             raise SettingsError("backoff_max_s is below backoff_initial_s")
         if self.tls is not None:
-            raise SettingsError("mutual TLS to the control plane is not supported yet")
+            for name in ("ca_cert", "cert_chain", "private_key"):
+                path = getattr(self.tls, name)
+                if not Path(path).is_file():
+                    raise SettingsError(f"TLS {name.replace('_', ' ')} {path} is not a file")
 
 
 def engine_base(url: str) -> str:

@@ -61,7 +61,7 @@ def test_unusable_engine_url_is_refused(url: str) -> None:
     ({"interval_s": 0.0}, "interval_s must be a positive number"),
     ({"interval_s": float("nan")}, "interval_s must be a positive number"),
     ({"backoff_initial_s": 3.0, "backoff_max_s": 1.0}, "backoff_max_s"),
-    ({"tls": MtlsFiles(Path("ca.pem"), Path("c.pem"), Path("k.pem"))}, "not supported yet"),
+    ({"tls": MtlsFiles(Path("ca.pem"), Path("c.pem"), Path("k.pem"))}, "ca.pem is not a file"),
 ])
 def test_settings_an_agent_cannot_run_with_are_refused(changes: dict[str, object],
                                                        complaint: str) -> None:

@@ -25,7 +25,9 @@ def test_controlplane_serves_until_sigterm_then_exits_zero(tmp_path: Path) -> No
     try:
         wait_until(lambda: healthz(http_port).get("status") == "ok", timeout=20,
                    what="the control plane to answer /healthz")
-        assert f"grpc 127.0.0.1:{grpc_port}" in proc.log()
+        # /healthz answers a moment before start-up finishes and the line is logged.
+        wait_until(lambda: f"grpc 127.0.0.1:{grpc_port}" in proc.log(), timeout=10,
+                   what="the start-up log line")
         assert healthz(http_port)["replica_id"] == "cli-test"
     finally:
         code = proc.stop()

@@ -189,3 +189,39 @@ async def test_a_sidecar_naming_no_node_or_an_unknown_site_is_refused_clearly(
             await sidecar.next()
         assert err.value.code() == code
         assert (site in (err.value.details() or "")) or code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def histogram_count(cp: ControlPlane, name: str, site: str) -> float:
+    return cp.metrics.registry.get_sample_value(f"{name}_count", {"site": site}) or 0.0
+
+
+async def test_a_version_counts_as_converged_only_once_every_connected_sidecar_acked_it(
+        tmp_path: Path) -> None:
+    async with running(tmp_path) as cp, channel(cp) as ch:
+        agent = Agent(ch)
+        await report_all(agent, (EU_1, EU_2))
+        first, second = Sidecar(ch, "sc-1", "fra"), Sidecar(ch, "sc-2", "fra")
+        for sidecar in (first, second):
+            await sidecar.subscribe()
+            await sidecar.next_where(lambda r: {"eu-1", "eu-2"} <= routed_ids(r))
+        await wait_for_status(ch, "sc-2", lambda s: s.lag_seconds == 0.0)
+        converged = histogram_count(cp, "tdn_policy_convergence_seconds", "fra")
+        queued = histogram_count(cp, "tdn_discovery_queue_seconds", "fra")
+
+        await agent.send(report(EU_1, seq=2, reachable=False))
+        one = await first.next()
+        two = await second.next()
+        assert one.version_info == two.version_info and "eu-1" not in routed_ids(one)
+        # Both streams were open when the version arrived: each waited in the push queue,
+        # and each write was timed.
+        assert histogram_count(cp, "tdn_discovery_queue_seconds", "fra") == queued + 2
+        assert histogram_count(cp, "tdn_discovery_push_seconds", "fra") >= 2
+
+        await first.ack(one)
+        await wait_for_status(ch, "sc-1", lambda s: s.acked_version == one.version_info)
+        assert histogram_count(cp, "tdn_policy_convergence_seconds", "fra") == converged
+        await second.ack(two)
+        await wait_for(lambda: histogram_count(cp, "tdn_policy_convergence_seconds", "fra")
+                       == converged + 1, "the version to converge")
+        first.close()
+        second.close()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from dataplane_support import make_policy
 
 from tdn.dataplane.balancer import Balancer, SmoothWeightedRoundRobin
-from tdn.domain import WeightedFactory
+from tdn.dataplane.live_policy import check_acceptable
+from tdn.dataplane.routing_table import RoutingTable
+from tdn.domain import DataPlaneSettings, Route, WeightedFactory
 
 URL = "http://127.0.0.1:9/v1"
 
@@ -59,3 +62,36 @@ def test_new_policy_version_restarts_the_rotation() -> None:
 def test_group_without_any_positive_weight_picks_nothing() -> None:
     group = SmoothWeightedRoundRobin([WeightedFactory("a", 0.0), WeightedFactory("b", -1.0)])
     assert group.pick() is None
+
+
+def test_routing_table_finds_routes_as_the_policy_does_and_compiles_deadlines_once() -> None:
+    batch = Route("m", "batch", (WeightedFactory("a", 1.0),), first_byte_timeout_s=9.0)
+    default = Route("m", "default", (WeightedFactory("b", 1.0),))
+    policy = make_policy("v1", {"a": URL, "b": URL}, [("a", 1.0)], model="other",
+                         extra_routes=(batch, default),
+                         settings=DataPlaneSettings(continuation_enabled=True),
+                         prefill={"b"}, ttft_p99_s={"b": 1.0})
+    table = RoutingTable(policy)
+    for model, cls in (("m", "batch"), ("m", "interactive"), ("m", "default"),
+                       ("other", "default"), ("nope", "default")):
+        entry = table.route(model, cls)
+        expected = policy.route_for(model, cls)
+        assert (entry.plan.route if entry else None) == expected
+    batch_entry = table.route("m", "batch")
+    default_entry = table.route("m")
+    assert batch_entry is not None and default_entry is not None
+    assert batch_entry.deadlines == {"a": 9.0}
+    assert default_entry.deadlines == {"b": 3.0}
+    assert (batch_entry.continuation_possible, default_entry.continuation_possible) == (
+        False, True)
+    assert table.models == ("m", "other")
+
+
+def test_a_policy_with_unusable_data_plane_settings_is_refused_like_a_nack() -> None:
+    bad = make_policy("v1", {"a": URL}, [("a", 1.0)],
+                      settings=DataPlaneSettings(stream_idle_timeout_s=-1.0))
+    with pytest.raises(ValueError, match="stream_idle_timeout_seconds"):
+        check_acceptable(bad, "fra-office")
+    worse = make_policy("v1", {"a": URL}, [("a", 1.0)], first_byte_timeout_s=float("inf"))
+    with pytest.raises(ValueError, match="first_byte_timeout_seconds"):
+        check_acceptable(worse, "fra-office")

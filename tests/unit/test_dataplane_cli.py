@@ -3,18 +3,24 @@ that never leak, and a graceful stop with exit code 0 on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
-from support import REPO, Proc, free_port, wait_until
+from dataplane_support import make_policy, sim_settings
+from support import REPO, Proc, async_wait_until, free_port, wait_until
 
 from tdn.dataplane import cli
 from tdn.dataplane.credentials import Credentials, CredentialsError, env_name
+from tdn.dataplane.policy_disk import PolicyDisk
 from tdn.dataplane.sidecar import SidecarSettings
+from tdn.sim.server import run_simulator
 
 
 def resolve(argv: list[str],
@@ -114,4 +120,75 @@ def test_sigterm_stops_tdn_proxy_gracefully_with_exit_code_0(tmp_path: Path) -> 
         log = proc.log()
     finally:
         proc.stop()
+    assert "Traceback" not in log
+
+
+def _two_free_ports_in_a_row() -> int:
+    """A port p such that p and p + 1 were both free a moment ago."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def test_workers_refuse_a_proxy_port_of_0_and_a_count_below_1(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--site", "s", "--workers", "2", "--listen", "127.0.0.1:0"]) == 2
+    assert "--listen needs a fixed port" in capsys.readouterr().err
+    assert cli.main(["--site", "s", "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_worker_settings_share_the_proxy_port_and_state_but_not_node_id_or_admin_port() -> None:
+    settings, _ = resolve(["--site", "s", "--listen", "127.0.0.1:8080", "--admin",
+                           "127.0.0.1:9901", "--workers", "4", "--worker-index", "2"])
+    assert (settings.listen, settings.admin, settings.node_id, settings.reuse_port) == (
+        "127.0.0.1:8080", "127.0.0.1:9903", "sidecar-1-w2", True)
+    assert settings.state_dir == Path(".tdn/sidecar-sidecar-1")
+
+
+async def test_tdn_proxy_workers_share_one_port_and_each_routes_from_the_saved_policy(
+        tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    listen, admin = free_port(), _two_free_ports_in_a_row()
+    async with run_simulator(sim_settings("edge-1")) as sim:
+        PolicyDisk(state).save(make_policy("v1", {"edge-1": sim.url}, [("edge-1", 1.0)]))
+        proc = Proc.tdn(["proxy", "--site", "fra-office", "--workers", "2",
+                         "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}",
+                         "--state-dir", str(state), "--controlplane", f"127.0.0.1:{free_port()}",
+                         "--log-level", "WARNING"], tmp_path / "proxy.log")
+        try:
+            async with aiohttp.ClientSession() as s:
+                async def healthy() -> list[str]:
+                    ids = []
+                    for port in (admin, admin + 1):
+                        async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
+                            ids.append((await r.json())["node_id"])
+                    return ids
+
+                node_ids = await async_wait_until(healthy, timeout=30, what="both workers")
+                assert node_ids == ["sidecar-1-w0", "sidecar-1-w1"]
+                for _ in range(40):
+                    # A new connection each time, so the kernel spreads them over the workers.
+                    async with aiohttp.ClientSession() as fresh, fresh.post(
+                            f"http://127.0.0.1:{listen}/v1/chat/completions",
+                            json={"model": "llama-3.1-8b-instruct",
+                                  "messages": [{"role": "user", "content": "hi"}]}) as r:
+                        assert r.status == 200
+                served = []
+                for port in (admin, admin + 1):
+                    async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                        served.append('outcome="ok"' in await r.text())
+            assert served == [True, True]
+            proc.popen.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.popen.wait, 30) == 0
+            log = proc.log()
+        finally:
+            proc.stop()
     assert "Traceback" not in log

@@ -33,6 +33,17 @@ from tdn.dataplane.credentials import Credentials
 from tdn.domain import Route, Tier, WeightedFactory
 
 
+def content_chunk(text: str, finish: str | None = None) -> bytes:
+    """One OpenAI chat stream event carrying ``text``."""
+    doc = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+           "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
+
+
+CHUNK_1 = content_chunk("Hel")
+CHUNK_2 = content_chunk("lo", finish="stop")
+
+
 async def post(url: str, body: Any, headers: dict[str, str] | None = None,
                raw: bytes | None = None) -> tuple[int, CIMultiDict[str], bytes]:
     async with aiohttp.ClientSession() as s, s.post(
@@ -62,13 +73,34 @@ async def test_streamed_chat_completion_relays_the_recorded_openai_sse_body_byte
     async with factories("edge-1") as f:
         policy = make_policy("v1", {"edge-1": f["edge-1"].base_url}, [("edge-1", 1.0)])
         async with running_sidecar(policy) as sc:
-            status, headers, body = await post(f"{sc.proxy_url}/chat/completions",
-                                               {**CHAT_BODY, "stream": True})
+            status, headers, body = await post(
+                f"{sc.proxy_url}/chat/completions",
+                {**CHAT_BODY, "stream": True, "stream_options": {"include_usage": True}})
     assert status == 200
     assert headers["Content-Type"].startswith("text/event-stream")
     assert "Content-Encoding" not in headers
     assert body == STREAM_FIXTURE
     assert body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_stream_is_metered_from_a_usage_chunk_the_client_did_not_ask_for_and_never_sees(
+        ) -> None:
+    async with factories("edge-1") as f:
+        policy = make_policy("v1", {"edge-1": f["edge-1"].base_url}, [("edge-1", 1.0)])
+        async with running_sidecar(policy) as sc:
+            status, _, body = await post(f"{sc.proxy_url}/chat/completions",
+                                         {**CHAT_BODY, "stream": True})
+            metrics = sc.metrics.exposition().decode()
+    assert status == 200
+    sent = json.loads(f["edge-1"].requests[0].body)
+    assert sent["stream_options"] == {"include_usage": True}
+    assert {k: v for k, v in sent.items() if k != "stream_options"} == {**CHAT_BODY,
+                                                                        "stream": True}
+    fixture_events = sse_events(STREAM_FIXTURE)
+    usage_chunk = next(e for e in fixture_events if b'"usage"' in e)
+    assert sse_events(body) == [e for e in fixture_events if e != usage_chunk]
+    assert ('tdn_sidecar_tokens_total{factory="edge-1",model="llama-3.1-8b-instruct",'
+            'site="fra-office",tenant="anonymous",tier="edge",type="completion"} 30.0') in metrics
 
 
 async def test_sse_chunk_reaches_the_client_while_the_upstream_still_holds_the_rest() -> None:
@@ -77,9 +109,9 @@ async def test_sse_chunk_reaches_the_client_while_the_upstream_still_holds_the_r
     async def gated(factory: FakeFactory, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(b'data: {"chunk": 1}\n\n')
+        await response.write(CHUNK_1)
         await release.wait()
-        await response.write(b'data: {"chunk": 2}\n\ndata: [DONE]\n\n')
+        await response.write(CHUNK_2 + b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 
@@ -90,11 +122,11 @@ async def test_sse_chunk_reaches_the_client_while_the_upstream_still_holds_the_r
                 f"{sc.proxy_url}/chat/completions", json={**CHAT_BODY, "stream": True}) as r:
             first = await asyncio.wait_for(r.content.readuntil(b"\n\n"), 10)
             # The upstream has not sent chunk 2 yet: it waits on us.
-            assert first == b'data: {"chunk": 1}\n\n'
+            assert first == CHUNK_1
             assert not release.is_set()
             release.set()
             rest = await r.read()
-    assert rest == b'data: {"chunk": 2}\n\ndata: [DONE]\n\n'
+    assert rest == CHUNK_2 + b"data: [DONE]\n\n"
 
 
 async def test_refused_primary_fails_over_to_the_backup_within_the_same_request() -> None:
@@ -177,27 +209,42 @@ async def test_stream_broken_midway_ends_with_an_sse_error_event_not_a_clean_end
     assert f["backup"].requests == []
 
 
-async def test_non_streamed_body_broken_midway_is_never_delivered_as_complete() -> None:
-    async def short_body(factory: FakeFactory, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        response.content_length = 1000
-        await response.prepare(request)
-        await response.write(b'{"id": "chatcmpl-1", "choices": [')
-        assert request.transport is not None
-        request.transport.abort()
-        return response
+async def short_body(factory: FakeFactory, request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = 1000
+    await response.prepare(request)
+    await response.write(b'{"id": "chatcmpl-1", "choices": [')
+    assert request.transport is not None
+    request.transport.abort()
+    return response
 
+
+async def test_non_streamed_body_broken_midway_goes_to_the_backup_since_the_client_saw_nothing(
+        ) -> None:
+    async with factories("flaky", "backup") as f:
+        f["flaky"].behaviour = short_body
+        policy = make_policy("v1", {"flaky": f["flaky"].base_url,
+                                    "backup": f["backup"].base_url},
+                             [("flaky", 1.0)], [[("backup", 1.0)]])
+        async with running_sidecar(policy) as sc:
+            status, headers, body = await post(f"{sc.proxy_url}/chat/completions", CHAT_BODY)
+    assert (status, headers["x-tdn-factory"], headers["x-tdn-attempts"]) == (200, "backup", "2")
+    assert json.loads(body)["choices"][0]["message"]["content"] == "hi from backup"
+
+
+async def test_non_streamed_body_broken_midway_is_never_delivered_as_complete() -> None:
     async with factories("flaky") as f:
         f["flaky"].behaviour = short_body
         policy = make_policy("v1", {"flaky": f["flaky"].base_url}, [("flaky", 1.0)])
         async with running_sidecar(policy) as sc, aiohttp.ClientSession() as s:
             async with s.post(f"{sc.proxy_url}/chat/completions", json=CHAT_BODY) as r:
-                assert r.status == 200
-                with pytest.raises(aiohttp.ClientPayloadError):
-                    await r.read()
+                status, error = r.status, (await r.json())["error"]
             # The sidecar keeps serving.
             async with s.get(f"{sc.proxy_url}/models") as r:
                 assert r.status == 200
+    assert status == 502
+    assert error["code"] == "upstream_unavailable"
+    assert "flaky broke off its answer" in error["message"]
 
 
 async def test_client_leaving_mid_stream_closes_the_upstream_request_at_once() -> None:
@@ -208,7 +255,7 @@ async def test_client_leaving_mid_stream_closes_the_upstream_request_at_once() -
         upstream_requests.append(request)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(b'data: {"chunk": 1}\n\n')
+        await response.write(CHUNK_1)
         await never.wait()  # a long generation
         return response
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from tdn.domain import (
+    DataPlaneSettings,
     FactoryLoad,
     FactorySpec,
     FactoryState,
@@ -16,6 +17,7 @@ from tdn.domain import (
     Tier,
     WeightedFactory,
 )
+from tdn.policy import ModelRule, Policy
 from tdn.topology.compile import (
     ceil_two_significant,
     compile_site_policies,
@@ -112,3 +114,43 @@ def test_a_moved_weight_or_a_changed_endpoint_counts_as_changed() -> None:
     slower = [factory("a", domain="rack-a", p99=0.9), *FACTORIES[1:]]
     assert not site_policies_equal_ignoring_version(
         old, compile_site_policies(PLAN, slower, [FRA])["fra"])
+
+
+POLICY = Policy(
+    models=(ModelRule(name="m", aliases=("chat",), context_fallback="big",
+                      first_byte_timeout_s=6.0),
+            ModelRule(name="big", context_fallback="")),
+    dataplane=DataPlaneSettings(first_byte_timeout_s=3.0, continuation_enabled=True,
+                                retry_budget_percent=20.0),
+)
+BIG = Route("big", "default", primary=(WeightedFactory("c", 1.0),))
+
+
+def test_every_site_policy_carries_the_policys_data_plane_settings() -> None:
+    policies = compile_site_policies(PLAN, FACTORIES, [FRA, NYC, IDLE], policy=POLICY)
+    assert {p.settings for p in policies.values()} == {POLICY.dataplane}
+    default = compile_site_policies(PLAN, FACTORIES, [FRA])["fra"]
+    assert default.settings == DataPlaneSettings()
+    assert not site_policies_equal_ignoring_version(
+        default, compile_site_policies(PLAN, FACTORIES, [FRA], policy=POLICY)["fra"])
+
+
+def test_a_context_fallback_is_set_only_where_the_fallback_model_is_routed() -> None:
+    with_big = dataclasses.replace(PLAN, routes=(*PLAN.routes, ("fra", BIG)))
+    policies = compile_site_policies(with_big, FACTORIES, [FRA, NYC], policy=POLICY)
+    fra = policies["fra"].route_for("m")
+    nyc = policies["nyc"].route_for("m")
+    assert fra is not None and fra.context_fallback_model == "big"
+    assert fra.first_byte_timeout_s == 6.0
+    assert nyc is not None and nyc.context_fallback_model == ""  # nyc has no route for big
+    for policy in policies.values():
+        policy.check()
+
+
+def test_an_alias_gets_the_same_route_as_its_model_under_its_own_name() -> None:
+    policy = compile_site_policies(PLAN, FACTORIES, [FRA], policy=POLICY)["fra"]
+    model, alias = policy.route_for("m"), policy.route_for("chat")
+    assert model is not None and alias is not None
+    assert (alias.primary, alias.backups, alias.first_byte_timeout_s) == (
+        model.primary, model.backups, model.first_byte_timeout_s)
+    assert [r.model for r in policy.routes] == ["m", "chat"]

@@ -41,7 +41,7 @@ def serving(route: Route, down: frozenset[str]) -> tuple[str, ...]:
 def test_every_site_and_model_in_the_local_network_gets_primaries(network: NetworkConfig
                                                                   ) -> None:
     plan = solve(healthy(network), network.sites, network.demand)
-    assert plan.status == "optimal"
+    assert plan.status.split("; ")[0] == "optimal"
     assert len(plan.routes) == len(network.demand)
     for site, route in plan.routes:
         assert route.primary, f"{site}/{route.model} has no primary"

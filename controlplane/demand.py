@@ -1,0 +1,163 @@
+"""Demand the solver plans for: observed traffic, smoothed, with the network file as fallback.
+
+Sidecars report metered usage per window (``tdn.v1.Usage``): requests and tokens per tenant,
+factory and model, with their site. The estimator keeps, per (site, served model), exponentially
+decayed sums of requests, prompt tokens and completion tokens:
+
+    S(t) = sum_i n_i * exp(-(t - t_i) / tau),    tau = half_life / ln 2
+
+where a report's counts are weighed as spread over its window. For a steady rate lambda observed
+since t0 this is lambda * tau * (1 - exp(-(t - t0) / tau)), so the estimate divides by that
+factor: it is unbiased from the first report on (no cold-start dip to zero) and follows a change
+with the policy's half-life. Several sidecars at one site simply
+add up. Token sizes are the ratios of the decayed sums (tokens per request, weighted by recency).
+
+A group (site, model) never seen in usage keeps the network file's demand; once seen, the
+observation wins, including its decay towards zero when traffic stops. Usage carries no traffic
+class, so an observed rate is split over the classes the network file lists for that site and
+model, in their configured proportions (all of it "default" when none are listed), and each class
+keeps its configured SLO. Time is the control plane's receive time: sidecars' clocks may be
+skewed, and a report's own window length is only used to date the first observation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from tdn.controlplane.usage import UsageLedger
+from tdn.domain import Demand
+from tdn.policy import DEFAULT_POLICY, Policy
+from tdn.v1 import usage_pb2
+
+DEFAULT_HALF_LIFE_S = 300.0
+
+
+@dataclass(slots=True)
+class _Smoothed:
+    """Decayed sums for one (site, model), as of ``at``."""
+
+    first: float
+    at: float
+    requests: float = 0.0
+    prompt_tokens: float = 0.0
+    completion_tokens: float = 0.0
+
+    def decay_to(self, now: float, tau: float) -> None:
+        if now > self.at:
+            factor = math.exp(-(now - self.at) / tau)
+            self.requests *= factor
+            self.prompt_tokens *= factor
+            self.completion_tokens *= factor
+            self.at = now
+
+
+class DemandEstimator:
+    """Per-(site, model) request rates from usage reports; see the module docstring."""
+
+    def __init__(self, configured: Sequence[Demand], *, sites: Iterable[str] = (),
+                 half_life_s: float = DEFAULT_HALF_LIFE_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._configured = tuple(configured)
+        self._sites = frozenset(sites)
+        self._clock = clock
+        self._tau = half_life_s / math.log(2)
+        self._groups: dict[tuple[str, str], _Smoothed] = {}
+        self.ignored_reports = 0
+
+    def set_half_life(self, half_life_s: float) -> None:
+        if not half_life_s > 0:
+            raise ValueError(f"half-life must be positive, not {half_life_s}")
+        self._tau = half_life_s / math.log(2)
+
+    def observe(self, report: usage_pb2.UsageReport, now: float | None = None,
+                policy: Policy = DEFAULT_POLICY) -> None:
+        """Add one (already de-duplicated) usage report."""
+        if self._sites and report.site not in self._sites:
+            self.ignored_reports += 1
+            return
+        now = self._clock() if now is None else now
+        window = 0.0
+        if report.HasField("window_start") and report.HasField("window_end"):
+            window = max((report.window_end.ToNanoseconds()
+                          - report.window_start.ToNanoseconds()) / 1e9, 0.0)
+        # The counts were spread over the window, not all made now: weighed as such, a steady
+        # rate reported in windows gives exactly the continuous estimate.
+        spread = 1.0 if window <= 0 else -math.expm1(-window / self._tau) * self._tau / window
+        for record in report.records:
+            key = (report.site, policy.resolve_model(record.model))
+            group = self._groups.get(key)
+            if group is None:
+                # The counts cover the window before now: date the observation from its start.
+                group = self._groups[key] = _Smoothed(first=now - window, at=now)
+            group.decay_to(now, self._tau)
+            group.requests += record.requests * spread
+            group.prompt_tokens += record.prompt_tokens * spread
+            group.completion_tokens += record.completion_tokens * spread
+
+    def observed(self) -> frozenset[tuple[str, str]]:
+        return frozenset(self._groups)
+
+    def rate(self, site: str, model: str, now: float | None = None) -> float | None:
+        """Smoothed requests per second, or None when (site, model) was never observed."""
+        group = self._groups.get((site, model))
+        if group is None:
+            return None
+        now = self._clock() if now is None else now
+        group.decay_to(now, self._tau)
+        seen = max(now - group.first, 1e-9)
+        return group.requests / (self._tau * -math.expm1(-seen / self._tau))
+
+    def demands(self, now: float | None = None,
+                policy: Policy = DEFAULT_POLICY) -> tuple[Demand, ...]:
+        """The demand to plan for now: observed where observed, configured elsewhere."""
+        now = self._clock() if now is None else now
+        configured: dict[tuple[str, str], list[Demand]] = {}
+        for d in self._configured:
+            configured.setdefault((d.site, policy.resolve_model(d.model)), []).append(
+                replace(d, model=policy.resolve_model(d.model)))
+        out: list[Demand] = []
+        for key in sorted(configured.keys() | self._groups.keys()):
+            rate = self.rate(*key, now=now)
+            parts = configured.get(key, [])
+            if rate is None:
+                out.extend(parts)
+                continue
+            group = self._groups[key]
+            per_request = group.requests if group.requests > 0 else 0.0
+            if not parts:
+                parts = [Demand(site=key[0], model=key[1])]
+            total = sum(p.rate_rps for p in parts)
+            for part in parts:
+                share = part.rate_rps / total if total > 0 else 1.0 / len(parts)
+                out.append(replace(
+                    part,
+                    rate_rps=rate * share,
+                    prompt_tokens=(group.prompt_tokens / per_request if per_request
+                                   else part.prompt_tokens),
+                    output_tokens=(group.completion_tokens / per_request if per_request
+                                   else part.output_tokens),
+                ))
+        return tuple(out)
+
+
+class DemandObservingLedger(UsageLedger):
+    """The usage ledger, also feeding each newly counted report to the demand estimator.
+
+    Only reports the ledger counts are observed: a re-sent report (at-least-once delivery) must
+    not count twice in the demand either.
+    """
+
+    def __init__(self, estimator: DemandEstimator,
+                 policy: Callable[[], Policy] = lambda: DEFAULT_POLICY) -> None:
+        super().__init__()
+        self._estimator = estimator
+        self._policy = policy
+
+    def add(self, report: usage_pb2.UsageReport) -> bool:
+        counted = super().add(report)
+        if counted:
+            self._estimator.observe(report, policy=self._policy())
+        return counted

@@ -1,0 +1,74 @@
+"""What a sidecar remembers about each factory between requests: outlier ejections and rate-limit
+cooldowns, and how they narrow a route's candidates for the next request.
+
+One object per sidecar, fed by every attempt's outcome (:mod:`failover`) and by the prober; it is
+reconfigured, keeping the state of factories the new policy keeps, whenever a policy goes live.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+
+from tdn.domain import FactoryEndpoint
+
+from .cooldowns import Cooldowns
+from .metrics import SidecarMetrics
+from .outlier import SUSPECTED, Kind, OutlierDetector
+from .routing_table import RoutingTable
+
+
+class FactoryHealth:
+    """Ejections and cooldowns of the factories of the live policy."""
+
+    def __init__(self, metrics: SidecarMetrics, *, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.outlier = OutlierDetector(listener=self._ejection_changed)
+        self.cooldowns = Cooldowns(rng)
+        self._tiers: dict[str, str] = {}
+
+    def policy_changed(self, table: RoutingTable) -> None:
+        for fid in self.outlier.ejected_ids():
+            if fid not in table.endpoints:
+                # A factory the policy no longer ships is no longer ejected.
+                self.metrics.ejection_changed(fid, self._tiers.get(fid, ""), "removed", False)
+        self._tiers = {fid: e.tier.value for fid, e in table.endpoints.items()}
+        self.outlier.configure(table.settings.outlier, table.endpoints)
+        self.cooldowns.forget_except(table.endpoints)
+
+    def _ejection_changed(self, factory_id: str, reason: str, ejected: bool) -> None:
+        self.metrics.ejection_changed(factory_id, self._tiers.get(factory_id, ""), reason, ejected)
+
+    def select(self, candidates: Sequence[FactoryEndpoint]
+               ) -> tuple[Sequence[FactoryEndpoint], bool, float]:
+        """(candidates to try, route in panic, seconds until a cooled-down factory returns when
+        cooldowns left none)."""
+        now = self.clock()
+        usable, panic = self.outlier.select(candidates, now)
+        usable, wait = self.cooldowns.select(usable, now)
+        return usable, panic, wait
+
+    def succeeded(self, endpoint: FactoryEndpoint) -> None:
+        self.outlier.success(endpoint.id, self.clock())
+        self.cooldowns.succeeded(endpoint.id)
+
+    def responded(self, endpoint: FactoryEndpoint) -> None:
+        """A stream committed: reachable, though whether it succeeds is known at its end."""
+        self.outlier.responded(endpoint.id)
+        self.cooldowns.succeeded(endpoint.id)
+
+    def failed(self, endpoint: FactoryEndpoint, kind: Kind) -> bool:
+        """Record a failed attempt; whether new requests now skip ``endpoint`` (ejected or
+        suspected), which makes moving this request elsewhere a re-route, not a retry."""
+        now = self.clock()
+        outlier = self.outlier
+        if outlier.failure(endpoint.id, now, kind) == SUSPECTED:
+            self.metrics.suspected(endpoint.id, endpoint.tier.value)
+        return not outlier.available(endpoint.id, now)
+
+    def rate_limited(self, endpoint: FactoryEndpoint, retry_after_s: float | None) -> None:
+        self.cooldowns.rate_limited(endpoint.id, self.clock(), retry_after_s)
+        self.metrics.cooled_down(endpoint.id, endpoint.tier.value)

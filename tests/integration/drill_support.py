@@ -1,0 +1,45 @@
+"""Shared by the drill tests (this module holds no tests): a local TDN network with Toxiproxy in
+front of its links, started once per test module, and the checks every drill must leave true —
+nothing left broken behind it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+
+from tdn.chaos import report
+from tdn.chaos.network import DrillNetwork
+from tdn.chaos.runner import DrillResult
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "drills"
+
+
+async def assert_restored(network: DrillNetwork) -> None:
+    """Every proxy enabled and toxic-free, every component running, every simulator healthy."""
+    proxies = await network.toxiproxy.proxies()
+    ours = {name: p for name, p in proxies.items() if name in network.links()}
+    assert ours, "the network has no proxies"
+    for name, proxy in ours.items():
+        assert proxy.enabled, f"{name} left disabled"
+        assert not proxy.toxics, f"{name} left with toxics {proxy.toxics}"
+    dead = [n for n in network.processes.names() if not network.processes.alive(n)]
+    assert not dead, f"left dead: {dead}"
+    async with aiohttp.ClientSession() as http:
+        for node in network.factories.values():
+            if node.sim_url:
+                async with http.get(f"{node.sim_url}/admin/fault") as resp:
+                    assert (await resp.json())["mode"] == "none", f"{node.id} left faulty"
+
+
+def explain(result: DrillResult) -> str:
+    """Why a drill failed, for the assertion message, and where its report is."""
+    paths = report.write(result, ARTIFACTS)
+    lines = [f"drill {result.spec.name}: {report.verdict(result)} (report: {paths['md']})"]
+    if result.error:
+        lines.append(f"  could not run: {result.error}")
+    if result.analysis is not None:
+        lines += [f"  ✗ {c.name}: expected {c.expected}, saw {c.observed}"
+                  for c in result.analysis.checks if not c.passed]
+    return "\n".join(lines)
+

@@ -1,0 +1,200 @@
+"""Why a route is what it is: each factory's role, its cost by term, the rule that excluded it,
+and whether the route's backups absorb a failure.
+
+An explanation is computed from the inputs the plan was solved from (:class:`SolveInputs`) with
+the same judge, requirements and cost model as the solver, so its words and numbers are the
+solver's own; the failure verdict replays the plan through :mod:`tdn.topology.failover`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tdn.domain import Demand, Plan, Route, Site
+from tdn.topology.costs import request_cost
+from tdn.topology.eligibility import judge
+from tdn.topology.estimates import request_duration_s
+from tdn.topology.failover import FailureModel
+from tdn.topology.problem import GroupKey, merge_demands, queueing_marginal_costs
+from tdn.topology.requirements import requirement
+from tdn.topology.solver import SolveInputs
+
+
+@dataclass(frozen=True, slots=True)
+class FactoryExplanation:
+    factory_id: str
+    # "primary", "backup-0", "backup-1", ..., "eligible" (could serve, not chosen) or "excluded".
+    role: str
+    weight: float = 0.0
+    # Per-request cost terms as the solver weighs them, then "queueing" at the planned fill and
+    # "total"; empty for an excluded factory.
+    costs: tuple[tuple[str, float], ...] = ()
+    # For an excluded or unchosen factory: the rule or the reason.
+    excluded_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteExplanation:
+    site: str
+    model: str  # the served model (an alias is resolved)
+    traffic_class: str
+    plan_version: int
+    factories: tuple[FactoryExplanation, ...]
+    # The group's rules (zones, SLOs, price cap) as short phrases.
+    requirements: tuple[str, ...] = ()
+    # What losing one primary, or one primary region, does to the route's traffic.
+    protection: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+class NoSuchRoute(LookupError):
+    """The plan has no route for the asked site, model and class."""
+
+
+def find_route(plan: Plan, site: str, model: str, traffic_class: str) -> Route | None:
+    """The route a sidecar at ``site`` would use: the exact class, else the model's default."""
+    fallback: Route | None = None
+    for route in plan.routes_for_site(site):
+        if route.model != model:
+            continue
+        if route.traffic_class == traffic_class:
+            return route
+        if fallback is None or route.traffic_class == "default":
+            fallback = route
+    return fallback
+
+
+def _roles(route: Route | None) -> dict[str, tuple[str, float]]:
+    roles: dict[str, tuple[str, float]] = {}
+    if route is None:
+        return roles
+    for w in route.primary:
+        roles[w.factory_id] = ("primary", w.weight)
+    for level, members in enumerate(route.backups):
+        for w in members:
+            roles.setdefault(w.factory_id, (f"backup-{level}", w.weight))
+    return roles
+
+
+def _queueing(inputs: SolveInputs, load: float, capacity: float, duration: float) -> float:
+    """Per-request queueing cost at a factory filled to ``load`` of ``capacity`` slots."""
+    marginals = queueing_marginal_costs(inputs.options)
+    plannable = capacity * (1.0 - inputs.options.capacity_headroom)
+    if plannable <= 0:
+        return marginals[-1] * duration
+    k = min(int(load / plannable * len(marginals)), len(marginals) - 1)
+    return marginals[k] * duration
+
+
+def _protection(model: FailureModel, key: GroupKey, route: Route) -> tuple[str, ...]:
+    if not route.primary:
+        return ("no primary: nothing to protect",)
+    out = []
+    regions: dict[str, set[str]] = {}
+    for fid, f in model.factories.items():
+        regions.setdefault(f.spec.region, set()).add(fid)
+    for w in route.primary:
+        out.append(_verdict(model, key, f"losing {w.factory_id}", frozenset({w.factory_id})))
+    primary_regions = sorted({model.factories[w.factory_id].spec.region for w in route.primary
+                              if w.factory_id in model.factories})
+    for region in primary_regions:
+        out.append(_verdict(model, key, f"losing region {region}", frozenset(regions[region])))
+    return tuple(out)
+
+
+def _verdict(model: FailureModel, key: GroupKey, what: str, down: frozenset[str]) -> str:
+    report = model.replay(what, down)
+    lost = dict(report.lost).get(key, 0.0)
+    if lost > 0:
+        return f"{what}: {lost:.0%} of this traffic has no live backup"
+    if key not in report.hurt:
+        return f"{what}: absorbed by the backups, no re-solve needed"
+    over = ", ".join(f"{o.factory_id} {o.load:.1f}/{o.capacity:g} slots"
+                     for o in report.overloaded[:3])
+    return f"{what}: backups overloaded ({over})"
+
+
+def explain(inputs: SolveInputs, plan: Plan, site_id: str, model: str,
+            traffic_class: str = "default") -> RouteExplanation:
+    """Explain the route for (site, model, class); raise :class:`NoSuchRoute` if there is none
+    and no factory was even considered for it."""
+    policy = inputs.policy
+    served = policy.resolve_model(model)
+    notes: list[str] = [f"plan {plan.version}: {plan.status.split('; ')[0]}"]
+    if served != model:
+        notes.append(f"{model} is an alias of {served}")
+    route = find_route(plan, site_id, served, traffic_class)
+    if route is not None and route.traffic_class != traffic_class:
+        notes.append(f"no route for class {traffic_class}; "
+                     f"class {route.traffic_class} is used instead")
+        traffic_class = route.traffic_class
+    key = (site_id, served, traffic_class)
+    demands = {(d.site, d.model, d.traffic_class): d for d in merge_demands(inputs.demands,
+                                                                            policy)}
+    site = next((s for s in inputs.sites if s.id == site_id), None)
+    demand = demands.get(key)
+    if route is None and demand is None:
+        routed = sorted({r.model for r in plan.routes_for_site(site_id)})
+        raise NoSuchRoute(f"plan {plan.version} has no route for {served}/{traffic_class} at "
+                          f"{site_id} (routed models there: {', '.join(routed) or 'none'})")
+    if demand is None:
+        demand = Demand(site=site_id, model=served, traffic_class=traffic_class, rate_rps=0.0)
+        notes.append("no demand for this group in the solve's inputs")
+    failure = FailureModel(plan, inputs.factories, demands.values())
+    roles = _roles(route)
+    req = requirement(demand, site, policy) if site is not None else None
+    dearest = max((_total(inputs, demand, site, fid) for fid in
+                   (w.factory_id for w in route.primary)), default=0.0) if (
+        route is not None and site is not None) else 0.0
+    explained = []
+    for factory in sorted(inputs.factories, key=lambda f: f.spec.id):
+        fid = factory.spec.id
+        verdict = judge(demand, factory, site, req)
+        role, weight = roles.get(fid, ("", 0.0))
+        if not role and not verdict.may_be_backup:
+            explained.append(FactoryExplanation(fid, "excluded", excluded_by=verdict.reason))
+            continue
+        assert site is not None  # judge excludes every factory of an unknown site
+        terms = request_cost(demand, factory, site).weighted(
+            inputs.options, inputs.options.tier_factor(factory.spec.tier))
+        queueing = _queueing(inputs, failure.base.get(fid, 0.0),
+                             float(factory.spec.max_concurrency),
+                             request_duration_s(demand, factory))
+        static = sum(v for _, v in terms)
+        costs = (*terms, ("queueing", queueing), ("total", static + queueing))
+        if role:
+            explained.append(FactoryExplanation(fid, role, weight, costs, verdict.reason))
+        elif verdict.reason:  # cordoned: may catch failovers, was not needed as a backup
+            explained.append(FactoryExplanation(fid, "eligible", 0.0, costs,
+                                                f"{verdict.reason}; not chosen as a backup"))
+        else:
+            why = (f"not chosen: costs {static:.3g} per request before queueing, the "
+                   f"dearest primary {dearest:.3g}" if static > dearest else
+                   "not chosen: its capacity went to other groups, or its failure domain "
+                   "is already used")
+            explained.append(FactoryExplanation(fid, "eligible", 0.0, costs, why))
+    explained.sort(key=lambda e: (_rank(e.role), -e.weight, e.factory_id))
+    return RouteExplanation(
+        site=site_id, model=served, traffic_class=traffic_class, plan_version=plan.version,
+        factories=tuple(explained),
+        requirements=req.describe() if req is not None else (f"site {site_id} unknown",),
+        protection=_protection(failure, key, route) if route is not None else (),
+        notes=tuple(notes),
+    )
+
+
+def _rank(role: str) -> int:
+    """Primaries, then backup levels in order, then eligible, then excluded factories."""
+    if role == "primary":
+        return 0
+    if role.startswith("backup-"):
+        return 1 + int(role.removeprefix("backup-"))
+    return 1000 if role == "eligible" else 1001
+
+
+def _total(inputs: SolveInputs, demand: Demand, site: Site, factory_id: str) -> float:
+    factory = next((f for f in inputs.factories if f.spec.id == factory_id), None)
+    if factory is None:
+        return 0.0
+    return request_cost(demand, factory, site).total(
+        inputs.options, inputs.options.tier_factor(factory.spec.tier))
