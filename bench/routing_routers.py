@@ -18,9 +18,9 @@ The two LiteLLM strategies are reimplemented from LiteLLM 1.108.7's own code (Be
   output_cost_per_token`` is lowest among those under their rpm/tpm limit, first in model-list
   order on ties.
 
-The four sites' proxies share one router cache (Redis, LiteLLM's advice for several instances),
-so rpm counts, latencies and cooldowns are shared. Both count rpm/tpm per calendar minute on
-success (as LiteLLM's success callbacks do) and use
+Each site runs its own LiteLLM proxy, deciding on its own router cache (LiteLLM's DualCache
+reads the in-memory copy first, so even instances sharing Redis route on what they saw). Both
+count rpm/tpm per calendar minute on success (as LiteLLM's success callbacks do) and use
 LiteLLM's router around them: ``num_retries`` 2 (three attempts, the strategy picks again each
 time) and its default cooldown (``litellm/router_utils/cooldown_handlers.py``: a deployment whose
 failures exceed 50% of at least 5 requests in the current minute is skipped for 5 s). Each
@@ -201,13 +201,13 @@ class LiteLlm:
         self.rng = random.Random(seed)
         self.groups = {(g.site, g.cls): topology.eligible(g.site, g.cls)
                        for g in topology.groups}
-        self.state: dict[tuple[str, str], _Deployment] = {}
+        self.state: dict[tuple[str, str, str], _Deployment] = {}
         # rpm a deployment's slots sustain: what an operator writes into model_list.
         self.rpm_limit = {f.id: max(1, int(60 * f.slots / mean_duration_s[f.id]))
                           for f in topology.factories}
-        # (factory, minute) -> [successes, failures]
-        self.outcomes: dict[tuple[str, int], list[int]] = {}
-        self.cooldown: dict[str, float] = {}
+        # (site, factory, minute) -> [successes, failures]
+        self.outcomes: dict[tuple[str, str, int], list[int]] = {}
+        self.cooldown: dict[tuple[str, str], float] = {}
 
     def start(self, sim: Simulation) -> None:
         pass
@@ -216,9 +216,9 @@ class LiteLlm:
         return 1 + LITELLM_RETRIES
 
     def _entry(self, req: Req, fid: str) -> _Deployment:
-        # One router cache for every site's proxy (Redis, as LiteLLM advises for several
-        # instances): rpm counts and latencies are shared per model group and deployment.
-        key = (req.cls, fid)
+        # Each site's proxy decides on its own cache: LiteLLM's DualCache reads its in-memory
+        # copy first, so even with Redis configured, instances route on what they saw.
+        key = (req.site, req.cls, fid)
         entry = self.state.get(key)
         if entry is None:
             entry = self.state[key] = _Deployment()
@@ -226,14 +226,15 @@ class LiteLlm:
 
     def _under_limits(self, entry: _Deployment, fid: str, req: Req, minute: int) -> bool:
         # LiteLLM skips a deployment when item_rpm + 1 > rpm (tpm is counted but, as no tpm
-        # limit is configured here, never binds).
+        # limit is configured here, never binds). The count is of *completed* requests, so a
+        # backlog the router itself created does not hold it back.
         rpm = entry.rpm if entry.minute == minute else 0
         return rpm + 1 <= self.rpm_limit[fid]
 
     def choose(self, req: Req, now: float) -> str | None:
         minute = int(now // 60)
         healthy = [f for f in self.groups[(req.site, req.cls)]
-                   if self.cooldown.get(f, 0.0) <= now]
+                   if self.cooldown.get((req.site, f), 0.0) <= now]
         potential: list[tuple[str, float]] = []
         if self.strategy == "latency-based-routing":
             # random.sample over the deployments first, as lowest_latency.py does.
@@ -260,7 +261,7 @@ class LiteLlm:
         return potential[0][0]
 
     def _outcome(self, req: Req, fid: str, now: float, ok: bool) -> list[int]:
-        counts = self.outcomes.setdefault((fid, int(now // 60)), [0, 0])
+        counts = self.outcomes.setdefault((req.site, fid, int(now // 60)), [0, 0])
         counts[0 if ok else 1] += 1
         return counts
 
@@ -268,7 +269,7 @@ class LiteLlm:
         ok, fails = self._outcome(req, factory_id, now, ok=False)
         total = ok + fails
         if total >= LITELLM_MIN_REQUESTS and fails / total > LITELLM_FAILURE_PERCENT:
-            self.cooldown[factory_id] = now + LITELLM_COOLDOWN_S
+            self.cooldown[(req.site, factory_id)] = now + LITELLM_COOLDOWN_S
 
     def on_success(self, req: Req, factory_id: str, now: float) -> None:
         self._outcome(req, factory_id, now, ok=True)

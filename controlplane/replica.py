@@ -36,6 +36,8 @@ from tdn.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
 
+LEASE_TTL_FACTOR = 2
+
 
 @dataclass(frozen=True, slots=True)
 class ReplicaSettings:
@@ -90,8 +92,12 @@ class Replica:
 
     async def register(self, grpc_target: str, http_url: str) -> None:
         """Take a lease and say where this replica listens; raises StoreError."""
+        # Twice the telemetry TTL: when a replica dies, its agents have that long to reconnect
+        # to another one (which publishes them again) before the leader stops routing to their
+        # factories. A factory that falls silent is still unknown after one TTL: the replica
+        # hearing it deletes its record then (see telemetry_sync).
         self._lease = ReplicaLease(
-            self._store, ttl=self.settings.ttl, health=self.health,
+            self._store, ttl=LEASE_TTL_FACTOR * self.settings.ttl, health=self.health,
             record=ReplicaRecord(self.settings.replica_id, grpc_target, http_url))
         await self._lease.start()
         self.publisher = TelemetryPublisher(

@@ -1,8 +1,8 @@
 """A replica's own lease: the life of everything it writes on behalf of others.
 
 The replica's record (``/tdn/replicas/<id>``, where it listens) and the telemetry it received
-(``/tdn/factories/state/<factory>/<id>``) are written under this lease, so they vanish one TTL
-after the replica dies, stops or is cut off from the store — never routed to as if alive.
+(``/tdn/factories/state/<factory>/<id>``) are written under this lease, so they vanish one lease
+TTL after the replica dies, stops or is cut off from the store — never routed to as if alive.
 Refreshing it every third of a TTL is also the replica's heartbeat to the store: a refresh that
 fails makes the replica read-only (:class:`~tdn.controlplane.store_sync.StoreHealth`), and a
 lease found expired after an outage is replaced, and whatever hung on it is written again.

@@ -11,8 +11,9 @@ every key with it.
 :class:`FactoryStates` applies what other replicas wrote to this replica's registry, as if the
 report had arrived here (its own writes come back too, and are skipped). The liveness of such a
 factory is the lease, not this replica's clock: it stays as last reported while a record of it
-lives in the store, and turns unknown when the last record goes — one TTL after its replica
-died or the factory fell silent there. So a store that stalls for a moment (an etcd leader
+lives in the store, and turns unknown when the last record goes — one TTL after the factory
+fell silent at its replica, or one replica lease (two TTLs) after that replica died, unless its
+agent reconnected to another replica meanwhile. So a store that stalls for a moment (an etcd leader
 election) delays news but never makes a live factory unknown. :class:`AdminStates` follows the
 operator's drains and cordons.
 """

@@ -1,15 +1,25 @@
-"""Which factories a request tries, in which order: the primary set by weight, then backups.
+"""Which factories a request tries, in which order: its primary pick by weight, then the backup
+levels, then the other primaries.
 
 The first pick among a group uses smooth weighted round-robin (nginx's algorithm): over any
 window of N requests each factory gets its weighted share within one request, deterministically,
 with picks interleaved rather than bursty. No randomness means tests can state exact counts and
-two sidecars at one site spread load the same way. The rest of the order (other primaries, then
-backup levels in the policy's order) is what the failover loop walks when a pick fails.
+two sidecars at one site spread load the same way.
+
+The rest of the order is the failover contract the solver reserves capacity for
+(:mod:`tdn.topology.failover`): a primary's share of traffic that it cannot take goes to the
+first backup level with a live member, spread over that level by weight (each level's own
+rotation picks first, then the rest of the level, heaviest first), then the next level, and only
+when no backup is left to the other primaries. The other primaries run at their planned load
+with no spare capacity reserved for a neighbour's loss, while backup level 0 was sized to absorb
+any one primary's share; so when the factory carrying 86 % of a route dies, the 14 % primary
+keeps its 14 % and the backup takes the 86 %, instead of the 14 % primary drowning in all of it.
+This holds both for a pick that is ejected or cooling down (:mod:`outlier` and :mod:`cooldowns`
+remove it, so the request starts at the backup) and for one that fails a request (the failover
+loop walks on to the backup, preferring another failure domain).
 
 Everything that depends only on the policy (endpoint lookups, the fallback order of each group)
 is computed once per policy in :class:`RoutePlan`; a request only advances the rotations.
-Ejected and rate-limited factories are removed afterwards, by :mod:`outlier` and
-:mod:`cooldowns`, and the failover loop prefers another failure domain after a failure.
 """
 
 from __future__ import annotations
@@ -79,22 +89,30 @@ class RoutePlan:
         self._single = self.endpoints if len(self.endpoints) == 1 else None
 
     def order(self) -> list[FactoryEndpoint]:
-        """Every factory of the route once, in the order to try them for the next request."""
+        """Every factory of the route once, in the order to try them for the next request: the
+        primary pick, each backup level (its pick, then the rest), then the other primaries."""
         if self._single is not None:
             return list(self._single)
         out: list[FactoryEndpoint] = []
         seen: set[str] = set()
-        for rotation, by_index, rest in self._groups:
+        groups = self._groups
+        for level, (rotation, by_index, rest) in enumerate(groups):
             index = rotation.pick_index()
             if index >= 0:
                 first = by_index[index]
                 if first is not None and first.id not in seen:
                     seen.add(first.id)
                     out.append(first)
+            if not level:
+                continue  # the other primaries come last
             for endpoint in rest:
                 if endpoint.id not in seen:
                     seen.add(endpoint.id)
                     out.append(endpoint)
+        for endpoint in groups[0][2]:
+            if endpoint.id not in seen:
+                seen.add(endpoint.id)
+                out.append(endpoint)
         return out
 
 

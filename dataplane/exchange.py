@@ -372,11 +372,9 @@ class Exchange:
                 broken = await pump(upstream, scan, write, clock, idle)
                 if broken is None:
                     upstream.release()
-                    # Only now is the stream a success: one cut short is the factory's failure.
-                    health.succeeded(endpoint)
                     break
                 upstream.close()
-                health.failed(endpoint, Kind.ERROR)
+                health.failed(endpoint, Kind.BROKEN)
                 self.shared.metrics.stream_broke(endpoint.id, endpoint.tier.value,
                                                  self.entry.model, broken.reason)
                 if original is None:

@@ -315,11 +315,8 @@ class AttemptLoop:
                 if not (exc.no_work or (out and not panic)):
                     charged = True
                 continue
-            if isinstance(result, Committed) and result.sse:
-                # Reachable; whether it succeeds is known when the stream ends (exchange).
-                self.health.responded(endpoint)
-            else:
-                self.health.succeeded(endpoint)
+            # A stream that breaks later is that attempt's failure too (exchange).
+            self.health.succeeded(endpoint)
             return result
         raise AllAttemptsFailed(self.failures, retry_after_s=self._retry_after(candidates))
 

@@ -55,11 +55,6 @@ class FactoryHealth:
         self.outlier.success(endpoint.id, self.clock())
         self.cooldowns.succeeded(endpoint.id)
 
-    def responded(self, endpoint: FactoryEndpoint) -> None:
-        """A stream committed: reachable, though whether it succeeds is known at its end."""
-        self.outlier.responded(endpoint.id)
-        self.cooldowns.succeeded(endpoint.id)
-
     def failed(self, endpoint: FactoryEndpoint, kind: Kind) -> bool:
         """Record a failed attempt; whether new requests now skip ``endpoint`` (ejected or
         suspected), which makes moving this request elsewhere a re-route, not a retry."""

@@ -68,8 +68,11 @@ class Kind(StrEnum):
     RESET = "reset"
     # No first byte within the first-byte deadline.
     DEADLINE = "deadline"
-    # An answer it must not pass on (5xx...), or a body or stream that broke.
+    # An answer it must not pass on (5xx...), or a body or stream that broke before commit.
     ERROR = "error"
+    # A committed stream that broke: a failure, but not a second attempt (its commit counted as
+    # the attempt, so a factory that cuts every stream fails all its attempts, not half).
+    BROKEN = "broken"
 
 
 LOCAL_ORIGIN = frozenset({Kind.UNREACHABLE, Kind.RESET})
@@ -146,12 +149,6 @@ class OutlierDetector:
         elif f.ejections and now - f.returned_at >= self.config.max_ejection_s:
             f.ejections = 0
 
-    def responded(self, factory_id: str) -> None:
-        """It answered (a stream committed; its outcome comes later): it is reachable."""
-        f = self._factories.get(factory_id)
-        if f is not None:
-            f.consecutive_local = 0
-
     def failure(self, factory_id: str, now: float, kind: Kind = Kind.ERROR) -> str | None:
         """Record a failed attempt; the ejection reason when this failure ejected it, or
         :data:`SUSPECTED` when it made it suspect."""
@@ -160,10 +157,11 @@ class OutlierDetector:
             return None
         f.consecutive += 1
         local = kind in LOCAL_ORIGIN
-        # Any answer at all (an error, a missed deadline after connecting) proves it reachable.
+        # Anything but a local-origin failure ends a local-origin streak.
         f.consecutive_local = f.consecutive_local + 1 if local else 0
         self._roll(f, now)
-        f.window_attempts += 1
+        if kind is not Kind.BROKEN:
+            f.window_attempts += 1
         f.window_failures += 1
         if f.ejected:
             return None

@@ -56,6 +56,23 @@ async def test_refused_factory_fails_over_at_once_to_another_failure_domain() ->
     assert 'reason="refused"' in metrics
 
 
+async def test_a_dead_primarys_share_goes_to_the_backup_not_to_the_other_primary() -> None:
+    with reserved_port() as closed:
+        async with simulators("small", "backup") as sims:
+            # The solver sized the backup to absorb the big primary's share and left the small
+            # primary no room for it: the small one must keep serving exactly its own share.
+            policy = make_policy("v1", {"big": f"http://127.0.0.1:{closed}/v1",
+                                        "small": sims["small"].url,
+                                        "backup": sims["backup"].url},
+                                 [("big", 0.75), ("small", 0.25)], [[("backup", 1.0)]])
+            async with running_sidecar(policy) as sc:
+                answers = [await post(f"{sc.proxy_url}/chat/completions", CHAT_BODY)
+                           for _ in range(40)]
+    assert {status for status, _, _ in answers} == {200}
+    served = [headers["x-tdn-factory"] for _, headers, _ in answers]
+    assert (served.count("small"), served.count("backup")) == (10, 30)
+
+
 async def test_overloaded_503_factory_fails_over_to_the_backup() -> None:
     async with simulators("sick", "healthy") as sims:
         sims["sick"].set_fault(Fault(FaultMode.ERROR, status=503))

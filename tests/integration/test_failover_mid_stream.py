@@ -156,6 +156,61 @@ async def test_stream_idle_past_its_timeout_is_ended_with_an_error_event() -> No
     assert elapsed < 5.0  # the stall would have lasted 30 s
 
 
+async def test_default_idle_timeout_comes_from_the_factorys_ttft_not_thirty_seconds() -> None:
+    async with simulators("stalling") as sims:
+        sims["stalling"].set_fault(Fault(FaultMode.STALL_MID_STREAM, after_tokens=CUT_AFTER,
+                                         seconds=30.0))
+        # No idle timeout in the policy: 3 x 0.1 s is under the 2 s floor, so 2 s.
+        policy = make_policy("v1", {"stalling": sims["stalling"].url}, [("stalling", 1.0)],
+                             ttft_p99_s={"stalling": 0.1})
+        async with running_sidecar(policy) as sc:
+            started = time.monotonic()
+            answer = await read_stream(f"{sc.proxy_url}/chat/completions", STREAM_BODY)
+            elapsed = time.monotonic() - started
+    assert_incomplete(answer, "stalling", "2 s idle timeout")
+    # Bounded by the fault's 30 s otherwise; a client with 10 s of patience sees the error.
+    assert elapsed < 8.0
+
+
+async def test_before_a_stream_commits_the_first_byte_deadline_governs_not_the_idle_timeout(
+        ) -> None:
+    async with simulators("slow", "backup") as sims:
+        # A 3 s prefill from a factory whose idle timeout is 2 s: the route's 20 s first-byte
+        # deadline allows it, so the idle timeout must not cut the stream before its first
+        # token (it applies once the answer has started).
+        sims["slow"].set_fault(Fault(FaultMode.STALL_FIRST_TOKEN, seconds=3.0))
+        policy = make_policy("v1", {"slow": sims["slow"].url, "backup": sims["backup"].url},
+                             [("slow", 1.0)], [[("backup", 1.0)]], first_byte_timeout_s=20.0,
+                             ttft_p99_s={"slow": 0.1, "backup": 0.1})
+        async with running_sidecar(policy) as sc:
+            answer = await read_stream(f"{sc.proxy_url}/chat/completions", STREAM_BODY)
+    assert (answer.status, answer.error, answer.done) == (200, None, True)
+    assert (answer.headers["x-tdn-factory"], answer.headers["x-tdn-attempts"]) == ("slow", "1")
+    assert requests_seen(sims["backup"]) == 0
+
+
+async def test_a_factory_that_breaks_most_streams_is_ejected_by_its_failure_rate() -> None:
+    async with simulators("flaky", "backup") as sims:
+        sims["flaky"].set_fault(Fault(FaultMode.CUT_STREAM, after_tokens=CUT_AFTER,
+                                      probability=0.7))
+        policy = make_policy("v1", {"flaky": sims["flaky"].url, "backup": sims["backup"].url},
+                             [("flaky", 1.0)], [[("backup", 1.0)]])
+        async with running_sidecar(policy) as sc:
+            url = f"{sc.proxy_url}/chat/completions"
+            # A stream that commits and then breaks is one failed attempt, not a success and a
+            # failure: counted twice, 70 % broken would look like 41 % failed, under the 50 %
+            # failure-rate threshold, and the factory would keep cutting answers forever.
+            answers = [await read_stream(url, STREAM_BODY) for _ in range(30)]
+            ejected = sc.proxy.health.outlier.is_ejected("flaky")
+    assert ejected
+    served = [a.headers["x-tdn-factory"] for a in answers]
+    assert served[-1] == "backup"
+    assert requests_seen(sims["flaky"]) < 30
+    for answer in answers:
+        if answer.error is not None:
+            assert_incomplete(answer, "flaky", "without a finish reason")
+
+
 async def test_stream_idle_past_its_timeout_is_continued_when_continuation_is_on() -> None:
     async with simulators("stalling", "backup") as sims:
         sims["stalling"].set_fault(Fault(FaultMode.STALL_MID_STREAM, after_tokens=CUT_AFTER,

@@ -4,6 +4,7 @@ full restart of etcd and the replicas the plan, its policies and the admin state
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -75,7 +76,7 @@ async def test_killing_an_etcd_member_interrupts_nothing(tmp_path: Path) -> None
                 await wait_for(lambda: seen.ok >= 20, "traffic to flow")
 
                 # The raft leader: its death stalls every write until the others elect one.
-                raft_leader(cluster.members).kill()
+                await asyncio.to_thread(lambda: raft_leader(cluster.members).kill())
                 ok_at_kill = seen.ok
                 # A write caught in flight by the election may time out (etcd's semantics):
                 # the operator is told UNAVAILABLE and tries again.
@@ -152,7 +153,7 @@ async def outage_drill(etcd: EtcdMember, replica: ReplicaProcess, proxy: Sidecar
     target = replica.grpc_target
     async with traffic(proxy.proxy_url) as seen:
         await wait_for(lambda: seen.ok >= 20, "traffic to flow")
-        etcd.kill()
+        await asyncio.to_thread(etcd.kill)
 
         async def read_only() -> operator_pb2.StatusResponse | None:
             answer = await try_status(target)
@@ -181,7 +182,7 @@ async def outage_drill(etcd: EtcdMember, replica: ReplicaProcess, proxy: Sidecar
 
         # etcd returns: the replica leaves read-only mode, leads again, and writes again.
         etcd.start()
-        etcd.wait_healthy()
+        await asyncio.to_thread(etcd.wait_healthy)
 
         async def writable() -> bool:
             answer = await try_status(target)

@@ -32,12 +32,27 @@ def test_picks_are_interleaved_rather_than_bursty() -> None:
     assert picks == ["a", "a", "b", "a", "a", "a", "b", "a"]
 
 
-def test_order_is_pick_then_other_primaries_then_backup_levels_in_order() -> None:
+def test_order_is_pick_then_backup_levels_in_order_then_other_primaries() -> None:
+    # The solver reserves capacity on backup level 0 for a failed primary's share, none on the
+    # other primaries (topology/failover.py), so the backups come before them.
     urls = {f: URL for f in ("p1", "p2", "p3", "b1", "b2", "c1")}
     policy = make_policy("v1", urls, [("p1", 0.2), ("p2", 0.5), ("p3", 0.3)],
                          [[("b1", 0.4), ("b2", 0.6)], [("c1", 1.0)]])
-    order = [e.id for e in Balancer().candidates(policy, policy.routes[0])]
-    assert order == ["p2", "p3", "p1", "b2", "b1", "c1"]
+    balancer = Balancer()
+    orders = [[e.id for e in balancer.candidates(policy, policy.routes[0])] for _ in range(2)]
+    # Each level picks by its own weights first, then the rest of it, heaviest first.
+    assert orders == [["p2", "b2", "b1", "c1", "p3", "p1"], ["p3", "b1", "b2", "c1", "p2", "p1"]]
+
+
+def test_a_dead_primarys_share_goes_to_the_backup_the_others_keep_their_own() -> None:
+    # The failover model the solver's backups are built for, replayed with the health filter a
+    # request applies: center (86 %) dead, onsite keeps its 14 %, the backup takes the rest.
+    urls = {f: URL for f in ("center", "onsite", "edge")}
+    policy = make_policy("v1", urls, [("center", 0.86), ("onsite", 0.14)], [[("edge", 1.0)]])
+    balancer = Balancer()
+    served = Counter(next(e.id for e in balancer.candidates(policy, policy.routes[0])
+                          if e.id != "center") for _ in range(100))
+    assert served == {"edge": 86, "onsite": 14}
 
 
 def test_a_factory_listed_twice_is_tried_once() -> None:

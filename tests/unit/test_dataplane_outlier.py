@@ -54,6 +54,15 @@ def test_failure_rate_over_the_interval_ejects_without_consecutive_failures() ->
     assert d.is_ejected("a")
 
 
+def test_a_stream_broken_after_its_commit_is_one_failed_attempt_not_two_attempts() -> None:
+    d = detector("a", "b", config=OutlierConfig(consecutive_failures=100))
+    for i in range(10):
+        d.success("a", 1.0)  # the stream committed: the attempt is counted
+        if i % 5 < 3:
+            d.failure("a", 1.0, Kind.BROKEN)  # 6 of 10 broke afterwards: 60 % failed
+    assert d.is_ejected("a")
+
+
 def test_failure_rate_window_restarts_after_the_interval() -> None:
     d = detector("a", "b")
     for _ in range(4):
@@ -179,9 +188,9 @@ def test_an_answer_in_between_breaks_a_local_origin_streak() -> None:
     d.failure("a", 0.0, Kind.ERROR)  # it answered (a 503): it is reachable
     fail(d, "a", 1, kind=Kind.UNREACHABLE)
     assert not d.is_ejected("a")
-    d.responded("a")  # a stream committed
+    d.success("a", 0.0)
     fail(d, "a", 2, kind=Kind.UNREACHABLE)
-    assert not d.is_ejected("a")  # 2 local-origin in a row since the commit
+    assert not d.is_ejected("a")  # 2 local-origin in a row since the success
     fail(d, "a", 1, kind=Kind.UNREACHABLE)
     assert d.is_ejected("a")
 
