@@ -17,6 +17,9 @@ from tdn.policy import ResolveThresholds
 # Below these, a change is noise whatever its relative size.
 _MIN_RATE_CHANGE_RPS = 0.5
 _MIN_TTFT_CHANGE_S = 0.1
+# A small factory's utilisation jumps 25% with one request: fewer than this many requests more
+# or less in flight is noise, whatever share of the factory it is.
+_MIN_LOAD_CHANGE_REQUESTS = 2
 
 
 def _relative(old: float, new: float) -> float:
@@ -50,7 +53,10 @@ def factory_drift(before: Iterable[FactoryState], after: Iterable[FactoryState],
             if change > thresholds.price_change:
                 return f"{name} of {fid} changed {change:.0%} ({a:g} -> {b:g})"
         load_before, load_after = _utilisation(prev), _utilisation(f)
-        if abs(load_after - load_before) > thresholds.load_change:
+        requests_moved = abs((f.load.running + f.load.waiting)
+                             - (prev.load.running + prev.load.waiting))
+        if (requests_moved >= _MIN_LOAD_CHANGE_REQUESTS
+                and abs(load_after - load_before) > thresholds.load_change):
             return f"load of {fid} moved from {load_before:.0%} to {load_after:.0%}"
         ttft_before, ttft_after = prev.load.ttft_p50_s, f.load.ttft_p50_s
         if (abs(ttft_after - ttft_before) > _MIN_TTFT_CHANGE_S

@@ -13,10 +13,10 @@ THRESHOLDS = ResolveThresholds(price_change=0.10, load_change=0.25, demand_chang
 
 
 def factory(price: float = 1.0, running: int = 4, ttft: float = 0.3,
-            carbon: float = 300.0) -> FactoryState:
+            carbon: float = 300.0, slots: int = 20) -> FactoryState:
     spec = FactorySpec(id="f", tier=Tier.EDGE, region="r", compliance_zone="z",
                        endpoint="http://f.test/v1", models=("m",), price=Price(0.25, price),
-                       energy=Energy(grid_gco2_per_kwh=carbon), max_concurrency=20)
+                       energy=Energy(grid_gco2_per_kwh=carbon), max_concurrency=slots)
     return FactoryState(spec=spec, load=FactoryLoad(running=running, ttft_p50_s=ttft),
                         health=Health.HEALTHY)
 
@@ -36,6 +36,15 @@ def test_load_is_compared_as_the_busy_share_of_slots() -> None:
     assert factory_drift([factory(running=4)], [factory(running=8)], THRESHOLDS) == ""
     assert factory_drift([factory(running=4)], [factory(running=10)], THRESHOLDS) == (
         "load of f moved from 20% to 50%")
+
+
+def test_one_request_more_on_a_small_factory_is_noise_not_drift() -> None:
+    # 1 -> 2 of 4 slots is a 25-point move, but one request: a small on-site box would otherwise
+    # trigger a solve every time a request starts or ends.
+    assert factory_drift([factory(running=1, slots=4)], [factory(running=2, slots=4)],
+                         dataclasses.replace(THRESHOLDS, load_change=0.2)) == ""
+    assert factory_drift([factory(running=1, slots=4)], [factory(running=3, slots=4)],
+                         THRESHOLDS) == "load of f moved from 25% to 75%"
 
 
 def test_ttft_needs_both_a_relative_and_an_absolute_move() -> None:
