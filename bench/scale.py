@@ -27,9 +27,9 @@ GROUPS = (100, 1000, 5000)
 GOAL = (1000, 2000)
 SOLVE_TIMEOUT_S = 600.0
 OPTIMUM_LIMIT_S = 300.0
-# The LP optimum of the biggest instances takes many minutes to build and solve; the gap is
-# measured where that stays within the benchmark's budget.
-OPTIMUM_MAX_PAIRS = 2_000_000
+# Above this many factory x group pairs the optimum is not attempted (none of the sizes here
+# reaches it; the limit keeps a larger size someone adds from taking the benchmark's whole budget).
+OPTIMUM_MAX_PAIRS = 10_000_000
 
 
 def _worker(args: list[str], timeout: float) -> dict[str, object] | str:

@@ -316,7 +316,7 @@ class AttemptLoop:
                     charged = True
                 continue
             # A stream that breaks later is that attempt's failure too (exchange).
-            self.health.succeeded(endpoint)
+            self.health.succeeded(endpoint, panic=panic)
             return result
         raise AllAttemptsFailed(self.failures, retry_after_s=self._retry_after(candidates))
 

@@ -51,8 +51,9 @@ class FactoryHealth:
         usable, wait = self.cooldowns.select(usable, now)
         return usable, panic, wait
 
-    def succeeded(self, endpoint: FactoryEndpoint) -> None:
-        self.outlier.success(endpoint.id, self.clock())
+    def succeeded(self, endpoint: FactoryEndpoint, *, panic: bool = False) -> None:
+        """A successful attempt; ``panic``: routed while the route ignored ejections."""
+        self.outlier.success(endpoint.id, self.clock(), panic=panic)
         self.cooldowns.succeeded(endpoint.id)
 
     def failed(self, endpoint: FactoryEndpoint, kind: Kind) -> bool:

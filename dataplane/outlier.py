@@ -36,7 +36,10 @@ How an ejected factory returns (the bound operators can rely on). The prober
 * Ejected for **errors** (5xx, missed deadlines, broken streams): a listing answering is not
   proof that generation works, so it returns when its ejection time is over *and* a probe has
   succeeded since it was ejected: within ``ejection time + probe_interval + probe timeout``.
-* A request that succeeds on an ejected factory (panic routing) returns it at once.
+* A request routed to an ejected factory in panic that succeeds returns it at once. A request
+  that was already in flight when its factory was ejected and still succeeds does not: under
+  load there always is one, and every ejection of a partly failing factory would be undone within
+  milliseconds.
 
 The detector is pure: every call takes the time, so tests drive it with a fake clock.
 """
@@ -134,7 +137,9 @@ class OutlierDetector:
             f.window_attempts = 0
             f.window_failures = 0
 
-    def success(self, factory_id: str, now: float) -> None:
+    def success(self, factory_id: str, now: float, *, panic: bool = False) -> None:
+        """Record a successful attempt; ``panic``: it was routed in panic (ejections ignored),
+        so if its factory is ejected the success proves it works again."""
         f = self._factories.get(factory_id)
         if f is None:
             return
@@ -145,7 +150,8 @@ class OutlierDetector:
         if self._suspects:
             self._suspects.pop(factory_id, None)
         if f.ejected:
-            self._return(factory_id, f, now, "served")
+            if panic:
+                self._return(factory_id, f, now, "served")
         elif f.ejections and now - f.returned_at >= self.config.max_ejection_s:
             f.ejections = 0
 
@@ -209,6 +215,7 @@ class OutlierDetector:
     def _return(self, factory_id: str, f: _Factory, now: float, reason: str) -> None:
         f.ejected = False
         f.consecutive = 0
+        f.consecutive_local = 0
         f.window_start = now
         f.window_attempts = 0
         f.window_failures = 0

@@ -4,6 +4,7 @@ and a route with a single factory is never left with nothing (panic)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -69,6 +70,38 @@ async def test_factory_is_ejected_after_consecutive_failures_and_returns_after_i
     assert ('tdn_sidecar_ejections_total{factory="sick",reason="consecutive_failures",'
             'site="fra-office",tier="edge"} 1.0') in metrics
     assert 'tdn_sidecar_ejected{factory="sick",site="fra-office",tier="edge"} 0.0' in metrics
+
+
+async def test_requests_in_flight_when_a_factory_is_ejected_do_not_bring_it_back() -> None:
+    async with simulators("sick", "backup") as sims:
+        sick = sims["sick"]
+        settings = outlier(consecutive_failures=3, base_ejection_s=60.0, probe_interval_s=30.0)
+        policy = make_policy("v1", {"sick": sick.url, "backup": sims["backup"].url},
+                             [("sick", 1.0)], [[("backup", 1.0)]], settings=settings)
+        async with running_sidecar(policy) as sc:
+            url = f"{sc.proxy_url}/chat/completions"
+            # Three requests it will answer well, slowly (a fault is drawn when a request
+            # arrives, so they keep theirs)...
+            sick.set_fault(Fault(FaultMode.STALL_FIRST_TOKEN, seconds=1.5))
+            slow = [asyncio.create_task(post(url)) for _ in range(3)]
+
+            async def arrived() -> bool:
+                return requests_seen(sick) == 3
+
+            await async_wait_until(arrived, what="the slow requests to reach the factory")
+            # ...then it breaks: three 503s in a row eject it while those are in flight.
+            sick.set_fault(Fault(FaultMode.ERROR, status=503))
+            for _ in range(3):
+                await post(url)
+            assert ejected(sc, "sick")
+            served = [(await task)[1]["x-tdn-factory"] for task in slow]
+            # Under load a request sent before the ejection always succeeds somewhere; if that
+            # returned the factory, ejecting a partly failing factory would last milliseconds.
+            still_ejected = ejected(sc, "sick")
+            status, headers, _ = await post(url)
+    assert served == ["sick"] * 3
+    assert still_ejected
+    assert (status, headers["x-tdn-factory"], headers["x-tdn-attempts"]) == (200, "backup", "1")
 
 
 async def test_unreachable_factory_returns_on_a_probe_well_before_its_ejection_time() -> None:
