@@ -8,6 +8,7 @@ command otherwise.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -111,6 +112,9 @@ def make_pki(folder: Path) -> Pki:
         import cryptography  # noqa: F401
     except ImportError:
         if shutil.which("openssl") is None:
-            pytest.skip("neither the cryptography package nor the openssl command is available")
+            message = "neither the cryptography package nor the openssl command is available"
+            if os.environ.get("CI"):
+                pytest.fail(message + "; CI is set, so this is a failure, not a skip")
+            pytest.skip(message)
         return _with_openssl(folder)
     return _with_cryptography(folder)
