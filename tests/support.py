@@ -130,8 +130,12 @@ def find_service_binary(names: list[str], env_var: str) -> str:
         built = sorted(Path.home().glob(".cache/tdn/toxiproxy-*/server"))
         if built:
             return str(built[-1])
-    message = f"{names[0]} not found (set {env_var} or run .ci/run to install it)"
+    missing(f"{names[0]} not found (set {env_var} or run .ci/run to install it)")
+    raise AssertionError("unreachable")
+
+
+def missing(message: str) -> None:
+    """Something a test needs is absent: under CI that is a failure, elsewhere a skip."""
     if os.environ.get("CI"):
         pytest.fail(message + "; CI is set, so this is a failure, not a skip")
     pytest.skip(message)
-    raise AssertionError("unreachable")
