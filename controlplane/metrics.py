@@ -40,6 +40,11 @@ class ControlPlaneMetrics:
         self.solves = Counter(
             "tdn_solves_total", "Solve attempts by result (ok, error, store_error).", ["result"],
             registry=r)
+        self.routes_held = Gauge(
+            "tdn_plan_routes_held",
+            "Routes of the plan in force kept from an earlier plan because every factory they "
+            "used is excluded only by telemetry (unknown, unhealthy, at capacity): fail static.",
+            registry=r)
         self.solve_seconds = Histogram(
             "tdn_solve_seconds", "Wall time of one solve and compile.",
             buckets=_SOLVE_BUCKETS, registry=r)

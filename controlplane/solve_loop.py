@@ -21,6 +21,11 @@ owner's periodic sweep; :mod:`tdn.topology.drift` decides). Demand is the
 file's where nothing was observed), and the operator's policy (:meth:`SolveLoop.set_policy`)
 sets the solve options and the per-group rules; each plan keeps the inputs it was solved from so
 that ``tdn explain`` answers in the solver's own terms.
+
+Fail static: a route the new plan would leave empty only because telemetry went dark (or says
+every factory it used is down or full) keeps its previous factories (:mod:`tdn.topology.hold`):
+a control plane cut off from its agents must not empty every sidecar's routes. Held routes are
+counted in ``tdn_plan_routes_held`` and named in the plan's status.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from tdn.store.base import Store
 from tdn.store.errors import StoreError
 from tdn.topology.compile import compile_site_policies
 from tdn.topology.drift import demand_drift, factory_drift
+from tdn.topology.hold import held_sites, hold_lost_routes
 from tdn.topology.options import SolveOptions, options_from_policy
 from tdn.topology.solver import SolveInputs, solve
 
@@ -79,6 +85,7 @@ class _Outcome:
     policies: dict[str, SitePolicy]
     seconds: float
     inputs: SolveInputs
+    held: int = 0
 
 
 class SolveLoop:
@@ -272,11 +279,16 @@ class SolveLoop:
                             options=options, version=version, policy=rules)
         if plan.version != version:
             raise RuntimeError(f"solver returned plan version {plan.version}, asked for {version}")
+        plan, held = hold_lost_routes(plan, previous, factories, self._sites, inputs.demands,
+                                      policy=rules)
+        if held:
+            log.warning("plan %d: %d route(s) held from the previous plan (fail static) at %s",
+                        version, len(held), ", ".join(held_sites(held)))
         policies = compile_site_policies(plan, factories, self._sites, generated_at=now,
                                          policy=rules)
         for policy in policies.values():
             policy.check()  # never publish a policy naming a factory it does not ship
-        return _Outcome(plan, dict(policies), time.perf_counter() - started, inputs)
+        return _Outcome(plan, dict(policies), time.perf_counter() - started, inputs, len(held))
 
     async def solve_once(self) -> Plan | None:
         """Solve now; publish and return the new plan, or keep the previous one on failure."""
@@ -316,6 +328,7 @@ class SolveLoop:
         self._plan, self._solved_at = plan, solved_at
         self._inputs, self._inputs_version = outcome.inputs, version
         self._metrics.plan_version.set(version)
+        self._metrics.routes_held.set(outcome.held)
         log.info("plan %d: %s in %.3fs; new policy versions for %s", version, plan.status,
                  outcome.seconds, ", ".join(changed) or "no site")
         return plan

@@ -112,6 +112,39 @@ async def test_silent_factory_becomes_unknown_after_the_ttl_and_leaves_the_route
         sidecar.close()
 
 
+async def test_when_every_factory_of_a_route_falls_silent_the_route_is_held_not_emptied(
+        tmp_path: Path) -> None:
+    # Fail static: silence is what a partition between agents and the control plane looks like,
+    # and the factories may well be serving on. The plan keeps the route; a factory that is heard
+    # again takes it over as usual.
+    async with running(tmp_path, ttl=0.5) as cp, channel(cp) as ch:
+        agent = Agent(ch)
+        await report_all(agent, (EU_1, EU_2))
+        sidecar = Sidecar(ch, "sc-1", "fra")
+        await sidecar.subscribe()
+        await sidecar.next_where(lambda r: {"eu-1", "eu-2"} <= routed_ids(r))
+
+        async with asyncio.timeout(DEADLINE):
+            while set((await topology_health(ch)).values()) != {UNKNOWN}:
+                await asyncio.sleep(0.05)
+        held = await wait_for(lambda: cp.solve_loop.plan if cp.solve_loop.plan is not None
+                              and "held" in cp.solve_loop.plan.status else None,
+                              "a plan solved with every factory unknown")
+        assert cp.metrics.registry.get_sample_value("tdn_plan_routes_held") == 1.0
+        fra = [route for site, route in held.routes if site == "fra"]
+        assert fra and set(fra[0].factory_ids()) == {"eu-1", "eu-2"}
+        served = cp.cache.get("fra")
+        assert served is not None and {f.id for f in served.policy.factories} == {"eu-1", "eu-2"}
+
+        await agent.send(report(EU_1, seq=2))
+        pushed = await sidecar.next_where(lambda r: routed_ids(r) == {"eu-1"})
+        assert "held" not in pushed.policy.plan_reason
+        # The gauge follows the plan in force, set just after the plan is published.
+        await wait_for(lambda: cp.metrics.registry.get_sample_value("tdn_plan_routes_held")
+                       == 0.0, "no route held once eu-1 is heard again")
+        sidecar.close()
+
+
 async def test_a_closed_telemetry_stream_does_not_mark_the_factory_down(tmp_path: Path) -> None:
     async with running(tmp_path) as cp, channel(cp) as ch:
         agent = Agent(ch)
