@@ -78,12 +78,15 @@ class PlanRecord:
     solve_seconds: float = 0.0
     # The replica that solved it.
     writer: str = ""
+    # The operator policy revision it was solved under (0: the built-in default).
+    policy_revision: int = 0
 
 
 def encode_plan_record(record: PlanRecord) -> bytes:
     return _dumps({"version": record.version, "status": record.status,
                    "solved_at": record.solved_at, "objective": record.objective,
-                   "solve_seconds": record.solve_seconds, "writer": record.writer})
+                   "solve_seconds": record.solve_seconds, "writer": record.writer,
+                   "policy_revision": record.policy_revision})
 
 
 def decode_plan_record(key: str, value: bytes) -> PlanRecord:
@@ -93,7 +96,8 @@ def decode_plan_record(key: str, value: bytes) -> PlanRecord:
                           solved_at=float(raw.get("solved_at", 0.0)),
                           objective=float(raw.get("objective", 0.0)),
                           solve_seconds=float(raw.get("solve_seconds", 0.0)),
-                          writer=str(raw.get("writer", "")))
+                          writer=str(raw.get("writer", "")),
+                          policy_revision=int(raw.get("policy_revision", 0)))
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptState(f"{key}: cannot read {value[:200]!r}: {exc}") from None
 

@@ -227,6 +227,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             factories_healthy=view.factories_healthy,
             factories_total=view.factories_total,
             policy_revision=self._loop.policy[1],
+            plan_policy_revision=view.plan.policy_revision,
         )
 
     async def Explain(self, request: operator_pb2.ExplainRequest,

@@ -60,7 +60,7 @@ class PlanStore:
     # --- the leader's side ---------------------------------------------------------------------
 
     async def publish(self, plan: Plan, policies: Mapping[str, SitePolicy],
-                      solved_at: float) -> tuple[str, ...]:
+                      solved_at: float, *, policy_revision: int = 0) -> tuple[str, ...]:
         """Write ``plan`` and its site policies, then serve them; return the sites that got a
         new version. Raises StoreError (nothing new is served) when the store refuses."""
         for policy in policies.values():
@@ -79,7 +79,7 @@ class PlanStore:
         await self._write_all(writes, removed)
         record = PlanRecord(version=plan.version, status=plan.status, solved_at=solved_at,
                             objective=plan.objective, solve_seconds=plan.solve_seconds,
-                            writer=self.writer)
+                            writer=self.writer, policy_revision=policy_revision)
         # The record goes last: whoever sees it already holds every policy it names.
         await self._store.put(PLAN_KEY, encode_plan_record(record))
         self.record = record
@@ -129,7 +129,7 @@ class PlanStore:
                     exclusions=exclusions)
 
 
-Adopt = Callable[[Plan, float], None]
+Adopt = Callable[[Plan, float, int], None]  # plan, solved at, policy revision
 
 
 class PlanMirror:
@@ -170,7 +170,8 @@ class PlanMirror:
             known = self._plans.record
             if known is None or record.version > known.version:
                 self._plans.record = record
-                self._adopt(self._plans.rebuild_plan(record), record.solved_at)
+                self._adopt(self._plans.rebuild_plan(record), record.solved_at,
+                            record.policy_revision)
             return
         if not key.startswith(SITE_PLAN_PREFIX):
             return

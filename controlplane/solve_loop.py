@@ -68,6 +68,8 @@ class PlanStatus:
     solve_seconds: float
     # Why the latest solve did not replace the plan (or could not be persisted); "" when fine.
     last_error: str
+    # The operator policy revision the plan in force was solved under.
+    policy_revision: int = 0
 
     @property
     def summary(self) -> str:
@@ -86,6 +88,7 @@ class _Outcome:
     seconds: float
     inputs: SolveInputs
     held: int = 0
+    policy_revision: int = 0
 
 
 class SolveLoop:
@@ -127,6 +130,7 @@ class SolveLoop:
         self._plan: Plan | None = None
         self._version = 0  # the highest version handed out or found in the store
         self._solved_at = 0.0
+        self._plan_policy_revision = 0
         self._last_error = ""
         self._solves = 0
 
@@ -198,6 +202,7 @@ class SolveLoop:
             objective=plan.objective if plan else 0.0,
             solve_seconds=plan.solve_seconds if plan else 0.0,
             last_error=self._last_error,
+            policy_revision=self._plan_policy_revision,
         )
 
     async def load(self) -> None:
@@ -207,11 +212,13 @@ class SolveLoop:
             self._version = max(self._version, record.version)
             log.info("continuing plan versions above %d (from the store)", record.version)
 
-    def adopt(self, plan: Plan, solved_at: float) -> None:
-        """Take ``plan`` (solved by the leader, read from the store) as the plan in force."""
+    def adopt(self, plan: Plan, solved_at: float, policy_revision: int = 0) -> None:
+        """Take ``plan`` (solved by the leader under ``policy_revision``, read from the store)
+        as the plan in force."""
         if self._plan is not None and plan.version <= self._plan.version:
             return
         self._plan, self._solved_at = plan, solved_at
+        self._plan_policy_revision = policy_revision
         self._version = max(self._version, plan.version)
         self._last_error = ""
         self._metrics.plan_version.set(plan.version)
@@ -272,7 +279,7 @@ class SolveLoop:
     def _solve_and_compile(self, factories: tuple[FactoryState, ...],
                            previous: Plan | None, version: int, now: float) -> _Outcome:
         started = time.perf_counter()
-        rules, options = self._policy, self._options
+        rules, options, revision = self._policy, self._options, self._policy_revision
         inputs = SolveInputs(factories, self._sites, self.current_demands(now), options, rules,
                              previous)
         plan = self._solver(factories, self._sites, inputs.demands, previous=previous,
@@ -288,7 +295,8 @@ class SolveLoop:
                                          policy=rules)
         for policy in policies.values():
             policy.check()  # never publish a policy naming a factory it does not ship
-        return _Outcome(plan, dict(policies), time.perf_counter() - started, inputs, len(held))
+        return _Outcome(plan, dict(policies), time.perf_counter() - started, inputs, len(held),
+                        revision)
 
     async def solve_once(self) -> Plan | None:
         """Solve now; publish and return the new plan, or keep the previous one on failure."""
@@ -313,7 +321,8 @@ class SolveLoop:
         solved_at = now
         self._metrics.solve_seconds.observe(outcome.seconds)
         try:
-            changed = await self.publisher.publish(plan, outcome.policies, solved_at)
+            changed = await self.publisher.publish(plan, outcome.policies, solved_at,
+                                                   policy_revision=outcome.policy_revision)
         except StoreError as exc:
             # A version no replica can read back is served by none: a later leader would not
             # know it and could reuse its number for other routes. The previous plan stands.
@@ -326,6 +335,7 @@ class SolveLoop:
         self._metrics.solves.labels(
             result="fallback" if plan.status.startswith("fallback") else "ok").inc()
         self._plan, self._solved_at = plan, solved_at
+        self._plan_policy_revision = outcome.policy_revision
         self._inputs, self._inputs_version = outcome.inputs, version
         self._metrics.plan_version.set(version)
         self._metrics.routes_held.set(outcome.held)

@@ -62,6 +62,9 @@ def cmd_status(stub: operator_pb2_grpc.OperatorStub, args: argparse.Namespace,
     print(f"replica {st.replica_id} ({role}), store {st.store}{ro}")
     print(f"plan v{st.plan_version}: {st.plan_status}")
     print(f"policy: revision {st.policy_revision or '0 (built-in default)'}")
+    if st.plan_version and st.plan_policy_revision != st.policy_revision:
+        print(f"  the plan in force was solved under revision {st.plan_policy_revision}; "
+              "the next plan follows the policy in force")
     print(f"factories: {st.factories_healthy}/{st.factories_total} healthy")
     rows = [["SIDECAR", "SITE", "ACKED", "LAG(s)", "CONNECTED", "LAST NACK"]]
     for s in st.sidecars:

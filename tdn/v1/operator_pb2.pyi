@@ -712,6 +712,7 @@ class StatusResponse(_message.Message):
     SIDECARS_FIELD_NUMBER: _builtins.int
     FACTORIES_HEALTHY_FIELD_NUMBER: _builtins.int
     FACTORIES_TOTAL_FIELD_NUMBER: _builtins.int
+    PLAN_POLICY_REVISION_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     leader: _builtins.bool
     store: _builtins.str
@@ -721,6 +722,11 @@ class StatusResponse(_message.Message):
     policy_revision: _builtins.int
     factories_healthy: _builtins.int
     factories_total: _builtins.int
+    plan_policy_revision: _builtins.int
+    """The policy revision the plan in force was solved under. It lags policy_revision from an
+    apply until the next plan (debounced; after a restart, the warm-up): until then sidecars
+    run the plan made under the earlier revision.
+    """
     @_builtins.property
     def sidecars(self) -> _containers.RepeatedCompositeFieldContainer[Global___SidecarStatus]: ...
     def __init__(
@@ -736,10 +742,11 @@ class StatusResponse(_message.Message):
         sidecars: _abc.Iterable[Global___SidecarStatus] | None = ...,
         factories_healthy: _builtins.int = ...,
         factories_total: _builtins.int = ...,
+        plan_policy_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["factories_healthy", b"factories_healthy", "factories_total", b"factories_total", "leader", b"leader", "plan_status", b"plan_status", "plan_version", b"plan_version", "policy_revision", b"policy_revision", "read_only", b"read_only", "replica_id", b"replica_id", "sidecars", b"sidecars", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["factories_healthy", b"factories_healthy", "factories_total", b"factories_total", "leader", b"leader", "plan_policy_revision", b"plan_policy_revision", "plan_status", b"plan_status", "plan_version", b"plan_version", "policy_revision", b"policy_revision", "read_only", b"read_only", "replica_id", b"replica_id", "sidecars", b"sidecars", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

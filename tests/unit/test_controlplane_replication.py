@@ -69,7 +69,7 @@ class Follower:
         self.cache.add_listener(lambda site, s: self.announced.append((site, s.version)))
         self.mirror = StoreMirror(store, ROOT, {
             "/tdn/plan/": PlanMirror(self.plans, self.cache,
-                                     lambda p, _: self.adopted.append(p))},
+                                     lambda p, _t, _r: self.adopted.append(p))},
             StoreHealth(self.metrics))
 
 

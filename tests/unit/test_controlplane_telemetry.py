@@ -4,6 +4,7 @@ refused or unknown, and what that does to the routes sidecars are sent."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from controlplane_support import (
@@ -24,6 +25,7 @@ from controlplane_support import (
     wait_for,
 )
 
+from tdn.domain import Health
 from tdn.v1 import operator_pb2
 
 HEALTHY = operator_pb2.FACTORY_HEALTH_HEALTHY
@@ -124,9 +126,9 @@ async def test_when_every_factory_of_a_route_falls_silent_the_route_is_held_not_
         await sidecar.subscribe()
         await sidecar.next_where(lambda r: {"eu-1", "eu-2"} <= routed_ids(r))
 
-        async with asyncio.timeout(DEADLINE):
-            while set((await topology_health(ch)).values()) != {UNKNOWN}:
-                await asyncio.sleep(0.05)
+        await wait_for(lambda: all(f.health is Health.UNKNOWN
+                                   for f in cp.registry.states(time.time())),
+                       "both factories unknown once silent past the TTL")
         held = await wait_for(lambda: cp.solve_loop.plan if cp.solve_loop.plan is not None
                               and "held" in cp.solve_loop.plan.status else None,
                               "a plan solved with every factory unknown")

@@ -133,16 +133,39 @@ async def test_validate_answers_without_changing_anything(tmp_path: Path) -> Non
 
 async def test_the_policy_in_force_survives_a_restart(tmp_path: Path) -> None:
     async with running(tmp_path) as cp, channel(cp) as ch:
+        await report_all(Agent(ch))
         assert (await operator(ch).ApplyPolicy(doc(GOOD))).applied
+        # Applying answers once the policy is stored; the plan under it follows (debounced).
+        await wait_for(lambda: cp.solve_loop.status().policy_revision == 1,
+                       "a plan solved under revision 1")
     async with running(tmp_path) as cp, channel(cp) as ch:
         assert cp.solve_loop.policy[1] == 1
-        await report_all(Agent(ch))
+        status = await operator(ch).GetStatus(operator_pb2.GetStatusRequest())
+        assert (status.policy_revision, status.plan_policy_revision) == (1, 1)
         sidecar = Sidecar(ch, "sc-fra", "fra")
         await sidecar.subscribe()
-        # The sidecars get plans made under the stored policy. (Under load, the first plan
-        # after a restart was once seen without the policy's data-plane settings: a race noted
-        # on issue #4, to be pinned down; until then this waits for a conforming plan.)
-        assert follows_good(await sidecar.next_where(follows_good))
+        # The first thing a sidecar gets after the restart is the stored plan, made under the
+        # stored policy, before any agent has reported again.
+        assert follows_good(await sidecar.next())
+        sidecar.close()
+
+
+async def test_a_plan_records_the_policy_revision_it_was_solved_under(tmp_path: Path) -> None:
+    # Stopped between the apply and the next plan, a control plane comes back serving the plan
+    # of the earlier revision, and says so, until its first solve.
+    async with running(tmp_path) as cp, channel(cp) as ch:
+        await report_all(Agent(ch))
+        await wait_for(lambda: cp.solve_loop.plan, "a first plan")
+        assert cp.solve_loop.status().policy_revision == 0
+        cp.solve_loop.notify = lambda change=None: None  # type: ignore[method-assign]
+        assert (await operator(ch).ApplyPolicy(doc(GOOD))).applied
+        assert cp.solve_loop.status().policy_revision == 0
+    async with running(tmp_path, warmup=30.0) as cp, channel(cp) as ch:
+        status = await operator(ch).GetStatus(operator_pb2.GetStatusRequest())
+        assert (status.policy_revision, status.plan_policy_revision) == (1, 0)
+        sidecar = Sidecar(ch, "sc-fra", "fra")
+        await sidecar.subscribe()
+        assert not follows_good(await sidecar.next())
         sidecar.close()
 
 
