@@ -4,7 +4,8 @@ Endpoints: ``GET /healthz``, ``GET /metrics``, ``GET /api/topology``, ``GET /api
 ``GET /api/status``, and the live topology UI (:mod:`tdn.controlplane.ui`): the page at ``/``,
 its event stream at ``/api/events`` and ``/api/explain``, ``/api/history``, ``/api/timeline``.
 The JSON answers are computed from the live components on request; only the UI's live view
-keeps state (its timeline and telemetry history).
+keeps state (its timeline and telemetry history). With an operator token, everything but
+``/healthz``, ``/metrics`` and static files needs it (:mod:`tdn.controlplane.http_auth`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tdn.controlplane.http_auth import TokenGate
 from tdn.controlplane.metrics import ControlPlaneMetrics
 from tdn.controlplane.registry import FactoryRegistry
 from tdn.controlplane.snapshot_cache import SnapshotCache
@@ -38,7 +40,8 @@ class HttpApi:
 
     def __init__(self, *, metrics: ControlPlaneMetrics, registry: FactoryRegistry,
                  solve_loop: SolveLoop, cache: SnapshotCache, status: StatusSource,
-                 sites: Sequence[Site], explain: ExplainFn | None = None) -> None:
+                 sites: Sequence[Site], explain: ExplainFn | None = None,
+                 operator_token: str = "") -> None:
         self._metrics = metrics
         self._registry = registry
         self._loop = solve_loop
@@ -48,11 +51,13 @@ class HttpApi:
         self.live = LiveView(registry=registry, solve_loop=solve_loop, cache=cache,
                              status=status, sites=sites)
         self._ui = UiRoutes(self.live, explain=explain)
+        self._gate = TokenGate(operator_token)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     def app(self) -> web.Application:
         app = web.Application()
+        self._gate.install(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._prometheus)
         app.router.add_get("/api/topology", self._topology)

@@ -253,7 +253,8 @@ class ControlPlane:
         http_host, http_port = split_address(s.http_address, "http")
         self._http = HttpApi(metrics=self.metrics, registry=self.registry,
                              solve_loop=self.solve_loop, cache=self.cache, status=self.status,
-                             sites=network.sites, explain=self.operator.Explain)
+                             sites=network.sites, explain=self.operator.Explain,
+                             operator_token=s.operator_token)
         self.http_port = await self._http.start(http_host, http_port)
         await self.replica.register(self.grpc_target, self.http_url)
 
