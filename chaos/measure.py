@@ -87,6 +87,9 @@ class EventResult:
     controlplane_failover_s: float | None = None
     policy_kept: bool | None = None
     nacked: bool | None = None
+    # bad_policy via policy_apply: refused with file, line and reason (None: not such an event).
+    policy_refused: bool | None = None
+    policy_detail: str = ""
     note: str = ""
 
 
@@ -438,7 +441,13 @@ def check(spec: DrillSpec, analysis: Analysis, restore_problems: Sequence[str]) 
             out.append(Check(f"sidecars keep their policy: {ev.title}", bool(ev.policy_kept),
                              "a policy throughout, never a refused one",
                              "kept" if ev.policy_kept else "changed or lost"))
-        if e.nack_reported and ev.fault == "bad_policy":
+        applied = (ev.fault == "bad_policy"
+                   and spec.timeline[ev.event].param("via") == "policy_apply")
+        if e.policy_refused and applied:
+            out.append(Check(f"policy refused: {ev.title}", bool(ev.policy_refused),
+                             "refused naming file, line and reason; policy in force kept",
+                             ev.policy_detail or "no answer recorded"))
+        if e.nack_reported and ev.fault == "bad_policy" and not applied:
             out.append(Check(f"NACK reported: {ev.title}", bool(ev.nacked),
                              "every sidecar's NACK visible at the control plane",
                              "reported" if ev.nacked else "no NACK seen"))
@@ -473,7 +482,8 @@ def analyse(spec: DrillSpec, records: Sequence[RequestRecord], windows: Sequence
             lost_controlplanes: dict[int, tuple[str, ...]] | None = None,
             metered: tuple[Metered, Metered] | None = None,
             notes: dict[int, str] | None = None, restore_problems: Sequence[str] = (),
-            continuation: bool = False) -> Analysis:
+            continuation: bool = False,
+            policy_outcomes: dict[int, tuple[bool, str]] | None = None) -> Analysis:
     """Everything a report shows, with the expectations checked. ``continuation``: the policy
     in force had mid-stream continuation on, so no broken stream is excused."""
     done = [r for r in records if r.kind]
@@ -486,6 +496,11 @@ def analyse(spec: DrillSpec, records: Sequence[RequestRecord], windows: Sequence
                            metric=spec.expect.latency, drill_end=drill_end)
     notes = notes or {}
     events = [replace(ev, note=notes[ev.event]) if ev.event in notes else ev for ev in events]
+    outcomes = policy_outcomes or {}
+    # A policy refused at the control plane never reaches a sidecar: no NACK to look for.
+    events = [replace(ev, policy_refused=outcomes[ev.event][0],
+                      policy_detail=outcomes[ev.event][1], nacked=None)
+              if ev.event in outcomes else ev for ev in events]
     errors = [r for r in done if r.error]
     analysis = Analysis(
         requests=len(done), errors=len(errors), excused=excused, continuation=continuation,

@@ -68,6 +68,9 @@ def _event_row(ev: EventResult) -> str:
         extra.append("NACK seen" if ev.nacked else "no NACK seen")
     if ev.policy_kept is not None:
         extra.append("policy kept" if ev.policy_kept else "policy changed")
+    if ev.policy_refused is not None:
+        extra.append("refused by the control plane" if ev.policy_refused
+                     else "NOT refused by the control plane")
     return (f"| {ev.title} | {ev.start:.2f}-{ev.end:.2f} s x{ev.occurrences} | "
             f"{_s(ev.failover_s) if ev.exercised else 'not needed'} | "
             f"{_s(ev.errors_cleared_s)} | {_s(ev.added_p99_s)} | "

@@ -142,7 +142,8 @@ async def _run(spec: DrillSpec, network: DrillNetwork, result: DrillResult,
         def clock() -> float:
             return loop.time() - t0
 
-        injector = Injector(network, result.targets, http)
+        injector = Injector(network, result.targets, http,
+                            base_dir=Path(spec.filename).parent if spec.filename else None)
         observer = Observer(network, clock)
         result.samples = observer.samples
         try:
@@ -169,7 +170,9 @@ async def _run(spec: DrillSpec, network: DrillNetwork, result: DrillResult,
             spec, result.records, result.windows, result.samples,
             sidecars=[sc.node_id for sc in network.sidecars], drill_end=result.drill_end,
             lost_controlplanes=lost, metered=metered, notes=notes,
-            restore_problems=result.restore_problems, continuation=continuation)
+            restore_problems=result.restore_problems, continuation=continuation,
+            policy_outcomes={i: (o.refused and o.located, o.detail)
+                             for i, o in injector.policy_outcomes.items()})
 
 
 async def _watch_reconnects(result: DrillResult, clock: Callable[[], float]) -> None:

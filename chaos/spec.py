@@ -167,6 +167,9 @@ class Expectations:
     error_kinds: tuple[str, ...] | None = None  # the only error kinds allowed to occur
     sidecars_keep_policy: bool = False
     nack_reported: bool = False
+    # A policy applied through `tdn policy apply` is refused with file, line and reason, and
+    # the policy in force does not change.
+    policy_refused: bool = False
     # After the control plane is reachable again (the window's end), sidecars are connected.
     max_reconnect_s: float | None = None
     # From a replica's loss, sidecars are connected to a surviving replica that leads.
@@ -290,7 +293,7 @@ def _parse_event(r: _Reader, raw: Mapping[str, Any], index: int,
     else:
         allowed = common | set(defaults)
         if fault == "bad_policy":
-            allowed |= {"file"}
+            allowed |= {"file", "policy"}
     r.check_keys(raw, allowed, path)
     target_name = r.get(raw, "target", _str, path)
     target = targets.get(target_name)
@@ -337,7 +340,14 @@ def _parse_event(r: _Reader, raw: Mapping[str, Any], index: int,
             if via not in BAD_POLICY_VIA:
                 raise _fail(r, raw, path, "via", f"must be one of {', '.join(BAD_POLICY_VIA)}")
             if via == "policy_apply":
-                params["file"] = r.get(raw, "file", _str, path)
+                # The policy an operator applies by mistake: a file (relative to the drill
+                # file's folder) or inline text; `tdn policy apply` must refuse it.
+                if ("file" in raw) == ("policy" in raw):
+                    raise _fail(r, raw, path, "via",
+                                "policy_apply needs exactly one of file and policy")
+                for key in ("file", "policy"):
+                    if key in raw:
+                        params[key] = r.get(raw, key, _str, path)
                 if target.kind != "controlplane":
                     raise _fail(r, raw, path, "target", "policy_apply needs a controlplane target")
             elif target.kind != "factory":
@@ -418,6 +428,7 @@ def _parse_expect(r: _Reader, raw: Mapping[str, Any]) -> Expectations:
         error_kinds=kinds,
         sidecars_keep_policy=r.get(raw, "sidecars_keep_policy", _bool, p, False),
         nack_reported=r.get(raw, "nack_reported", _bool, p, False),
+        policy_refused=r.get(raw, "policy_refused", _bool, p, False),
         max_reconnect_s=r.get(raw, "max_reconnect_s", _non_negative, p, None),
         max_controlplane_failover_s=r.get(raw, "max_controlplane_failover_s", _non_negative, p,
                                           None),

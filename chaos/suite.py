@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # The order a full run takes: data-plane faults first, the control plane last.
 BUILTIN_ORDER = (
     "factory-crash", "factory-blackhole", "slow-first-token", "stream-cut", "flapping-factory",
-    "region-loss", "controlplane-cut", "bad-policy", "leader-kill",
+    "region-loss", "controlplane-cut", "bad-policy", "bad-policy-apply", "leader-kill",
 )
 
 

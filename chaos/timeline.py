@@ -16,9 +16,11 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 
 from tdn.chaos.network import DrillNetwork
 from tdn.chaos.services import ServiceProcess
@@ -26,6 +28,7 @@ from tdn.chaos.spec import FaultEvent
 from tdn.chaos.targets import ResolvedTarget
 from tdn.chaos.toxiproxy import Stream, Toxic, ToxicType, ToxiproxyError
 from tdn.config import load_network
+from tdn.v1 import operator_pb2, operator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +82,34 @@ def _toxic(event: FaultEvent, name: str) -> Toxic:
     raise InjectError(f"{kind} is not a toxic")
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyOutcome:
+    """What the control plane answered to a policy applied by a drill."""
+
+    refused: bool
+    # The errors as `tdn policy apply` prints them (file:line: key: reason), or what went wrong.
+    detail: str
+    # Every error named the file and a line.
+    located: bool
+
+
 class Injector:
     """Applies faults to a network and remembers how to undo each one."""
 
     def __init__(self, network: DrillNetwork, targets: Mapping[str, ResolvedTarget],
-                 http: aiohttp.ClientSession) -> None:
+                 http: aiohttp.ClientSession, base_dir: Path | None = None) -> None:
         self.network = network
         self.targets = targets
         self.http = http
+        # Where a drill's `file:` parameters are relative to (the drill file's folder).
+        self.base_dir = base_dir or Path.cwd()
+        # bad_policy via policy_apply, by timeline event index.
+        self.policy_outcomes: dict[int, PolicyOutcome] = {}
         self._undo: dict[int, tuple[str, list[Undo]]] = {}
         self._keys = itertools.count(1)
         self._killed: set[str] = set()
         self._rogues: list[ServiceProcess] = []
+        self._channels: list[grpc.aio.Channel] = []
 
     async def apply(self, event: FaultEvent, occurrence: int) -> int:
         """Put ``event`` in force; return the key :meth:`revert` takes."""
@@ -155,9 +174,56 @@ class Injector:
 
     async def _bad_policy(self, event: FaultEvent, target: ResolvedTarget) -> Undo:
         if event.param("via") == "policy_apply":
-            raise InjectError("bad_policy via policy_apply needs `tdn policy apply`, which this "
-                              "build does not have; use via: rogue_factory")
+            return await self._apply_policy(event)
         return await self._rogue_factory(event, target)
+
+    async def _apply_policy(self, event: FaultEvent) -> Undo:
+        """Apply a policy the way `tdn policy apply` does (Operator.ApplyPolicy, to whichever
+        replica leads). It must be refused with file, line and reason; if it is accepted
+        anyway, that is recorded as the drill's finding and undone by a rollback."""
+        inline = event.param("policy")
+        if inline is not None:
+            filename, text = f"drill-{event.index}-policy.yaml", str(inline)
+        else:
+            path = self.base_dir / str(event.param("file"))
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise InjectError(f"{event.title}: cannot read policy file {path}: "
+                                  f"{exc.strerror or exc}") from None
+            filename = str(path)
+        doc = operator_pb2.PolicyDocument(filename=filename, yaml=text)
+        answer, stub = await self._apply_on_leader(doc)
+        if answer.applied:
+            self.policy_outcomes[event.index] = PolicyOutcome(
+                False, f"applied as revision {answer.revision}", False)
+
+            async def roll_back() -> None:
+                await stub.RollbackPolicy(operator_pb2.RollbackPolicyRequest(), timeout=10)
+            return roll_back
+        errors = [f"{e.filename}:{e.line}: {e.key}: {e.reason}" for e in answer.errors]
+        located = bool(answer.errors) and all(e.filename == filename and e.line > 0
+                                              for e in answer.errors)
+        self.policy_outcomes[event.index] = PolicyOutcome(True, "; ".join(errors), located)
+
+        async def nothing() -> None:
+            return None
+        return nothing
+
+    async def _apply_on_leader(self, doc: operator_pb2.PolicyDocument
+                               ) -> tuple[operator_pb2.ApplyPolicyResponse,
+                                          operator_pb2_grpc.OperatorAsyncStub]:
+        """ApplyPolicy on the leading replica (followers refuse writes), as the CLI does."""
+        last = ""
+        for cp in self.network.controlplanes:
+            channel = grpc.aio.insecure_channel(cp.grpc)
+            self._channels.append(channel)
+            stub: operator_pb2_grpc.OperatorAsyncStub = operator_pb2_grpc.OperatorStub(channel)
+            try:
+                return await stub.ApplyPolicy(doc, timeout=10), stub
+            except grpc.aio.AioRpcError as exc:
+                last = f"{cp.name}: {exc.code().name}: {exc.details()}"
+        raise InjectError(f"no control plane took the policy ({last})")
 
     async def _rogue_factory(self, event: FaultEvent, target: ResolvedTarget) -> Undo:
         """A misconfigured twin of the target factory registers: same engine, a tempting
@@ -198,6 +264,9 @@ class Injector:
                 problems.append(f"undo {title}: {exc!r}")
         for proc in self._rogues:
             await asyncio.to_thread(proc.stop)
+        for channel in self._channels:
+            await channel.close(None)
+        self._channels.clear()
         try:
             await self.network.toxiproxy.reset()
         except ToxiproxyError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,9 +73,20 @@ class ParsedPolicy:
     policy: Policy
     filename: str
     lines: Mapping[str, int]
+    # "<list path>=<value>" -> (the item's key path, its line) for lists of names, and
+    # "tenants=<name>" -> the tenant's key path: the policy keeps such lists sorted (their order
+    # means nothing), so a later check must not report the sorted position as the file's.
+    places: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
     def line(self, key: str) -> int:
         return self.lines.get(key, 0)
+
+    def place(self, list_path: str, value: str) -> tuple[str, int]:
+        """Where ``value`` of the list at ``list_path`` is written: key path and line."""
+        return self.places.get(f"{list_path}={value}", (list_path, self.line(list_path)))
+
+    def tenant_path(self, name: str) -> str:
+        return self.places.get(f"tenants={name}", ("tenants", 0))[0]
 
 
 class _Skip(Exception):
@@ -97,6 +108,7 @@ class _Walker:
         self.filename = filename
         self.errors: list[PolicyError] = []
         self.lines: dict[str, int] = {}
+        self.places: dict[str, tuple[str, int]] = {}
 
     def error(self, node: yaml.Node | None, key: str, reason: str) -> _Skip:
         self.errors.append(PolicyError(self.filename, _line(node) if node else 0, key, reason))
@@ -186,6 +198,7 @@ class _Walker:
             if value in out:
                 raise self.error(item, f"{path}[{i}]", f"{value!r} is listed twice")
             out.append(value)
+            self.places[f"{path}={value}"] = (f"{path}[{i}]", _line(item))
         return tuple(out)
 
     def field(self, entries: _Entries, key: str, path: str, read: Callable[[yaml.Node, str], T],
@@ -293,6 +306,8 @@ def _class(w: _Walker, node: yaml.Node, path: str) -> TrafficClass:
 
 def _zone(w: _Walker, node: yaml.Node, path: str) -> str:
     zone = w.string(node, path)
+    list_path = path.rpartition("[")[0]
+    w.places[f"{list_path}={zone}"] = (path, _line(node))
     if zone.startswith(ON_SITE_ZONE_PREFIX) and not zone.removeprefix(ON_SITE_ZONE_PREFIX):
         raise w.error(node, path, f"{zone!r} names no site (write on-site:<site id>)")
     return zone
@@ -301,6 +316,7 @@ def _zone(w: _Walker, node: yaml.Node, path: str) -> str:
 def _tenant(w: _Walker, node: yaml.Node, path: str) -> Tenant:
     e = w.mapping(node, path, {"name", "zones", "sites", "classes", "max_output_price_per_mtok"})
     name = w.required(e, "name", path, node, w.string)
+    w.places[f"tenants={name}"] = (path, _line(node))
 
     def zones(value: yaml.Node, p: str) -> tuple[str, ...]:
         items = w.sequence(value, p)
@@ -602,7 +618,8 @@ def parse_policy(text: str, filename: str) -> ParsedPolicy:
         policy = None
     if w.errors or policy is None:
         raise PolicyInvalid(w.errors)
-    return ParsedPolicy(policy=policy, filename=filename, lines=dict(w.lines))
+    return ParsedPolicy(policy=policy, filename=filename, lines=dict(w.lines),
+                        places=dict(w.places))
 
 
 def check_sites(parsed: ParsedPolicy, site_ids: Iterable[str]) -> tuple[PolicyError, ...]:
@@ -611,20 +628,21 @@ def check_sites(parsed: ParsedPolicy, site_ids: Iterable[str]) -> tuple[PolicyEr
     known = set(site_ids)
     listing = ", ".join(sorted(known)) or "none"
     errors = []
-    for i, tenant in enumerate(parsed.policy.tenants):
-        for j, site in enumerate(tenant.sites):
-            key = f"tenants[{i}].sites[{j}]"
+    for tenant in parsed.policy.tenants:
+        path = parsed.tenant_path(tenant.name)
+        for site in tenant.sites:
             if site not in known:
-                errors.append(PolicyError(parsed.filename, parsed.line(f"tenants[{i}].sites"),
-                                          key, f"unknown site {site!r} (known: {listing})"))
-        for j, zone in enumerate(tenant.zones):
+                key, line = parsed.place(f"{path}.sites", site)
+                errors.append(PolicyError(parsed.filename, line, key,
+                                          f"unknown site {site!r} (known: {listing})"))
+        for zone in tenant.zones:
             site = zone.removeprefix(ON_SITE_ZONE_PREFIX)
             if zone.startswith(ON_SITE_ZONE_PREFIX) and site not in known:
-                errors.append(PolicyError(parsed.filename, parsed.line(f"tenants[{i}].zones"),
-                                          f"tenants[{i}].zones[{j}]",
+                key, line = parsed.place(f"{path}.zones", zone)
+                errors.append(PolicyError(parsed.filename, line, key,
                                           f"unknown site {site!r} in zone {zone!r} "
                                           f"(known: {listing})"))
-    return tuple(errors)
+    return tuple(sorted(errors, key=lambda e: (e.line, e.key, e.reason)))
 
 
 def validate_policy(text: str, filename: str,

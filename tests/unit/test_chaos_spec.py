@@ -180,3 +180,26 @@ def test_show_prints_a_built_in_drill(capsys: pytest.CaptureFixture[str]) -> Non
     assert cli.main(["show", "region-loss"]) == 0
     assert "name: region-loss" in capsys.readouterr().out
     assert cli.main(["show", "nope"]) == 2
+
+
+def test_bad_policy_via_policy_apply_takes_a_file_or_inline_text_but_not_both() -> None:
+    base = """\
+        name: apply
+        load: {model: m, rate_rps: 1, duration_s: 10}
+        targets:
+          cp: {controlplane: leader}
+        timeline:
+          - at: 2
+            for: 3
+            target: cp
+            fault: bad_policy
+            via: policy_apply
+        """
+    inline = parse_drill(textwrap.dedent(base) + "    policy: 'kind: Policy'\n", "d.yaml")
+    assert inline.timeline[0].param("policy") == "kind: Policy"
+    from_file = parse_drill(textwrap.dedent(base) + "    file: bad.yaml\n", "d.yaml")
+    assert from_file.timeline[0].param("file") == "bad.yaml"
+    neither = _refused(base)
+    assert "exactly one of file and policy" in str(neither)
+    both = _refused(textwrap.dedent(base) + "    file: bad.yaml\n    policy: x\n")
+    assert "exactly one of file and policy" in str(both)

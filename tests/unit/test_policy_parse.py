@@ -290,3 +290,23 @@ def test_a_policy_file_is_loaded_with_its_path_in_errors(tmp_path: Path) -> None
     with pytest.raises(PolicyInvalid) as err:
         load_policy_file(path)
     assert str(err.value) == f"{path}:3: churn.penalty: -1 is out of range: must be >= 0"
+
+
+def test_errors_found_after_parsing_name_the_place_in_the_file_not_the_sorted_one() -> None:
+    # Tenants, sites and zones are kept sorted; an error must still point at what was written.
+    p = parse_policy(HEADER + textwrap.dedent("""\
+        tenants:
+          - name: zeta
+            sites: [nyc-office, fra-office]
+            zones: [eu]
+          - name: acme
+            sites: [fra-office, atlantis]
+            zones: ["on-site:frankfurt", eu]
+        """), "p.yaml")
+    assert check_sites(p, ["fra-office", "nyc-office"]) == (
+        PolicyError("p.yaml", 8, "tenants[1].sites[1]",
+                    "unknown site 'atlantis' (known: fra-office, nyc-office)"),
+        PolicyError("p.yaml", 9, "tenants[1].zones[0]",
+                    "unknown site 'frankfurt' in zone 'on-site:frankfurt' "
+                    "(known: fra-office, nyc-office)"),
+    )
