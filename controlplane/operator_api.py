@@ -78,24 +78,22 @@ def factory_status_to_pb(state: FactoryState) -> operator_pb2.FactoryStatus:
 
 
 def explanation_to_pb(answer: RouteExplanation, exact: bool) -> operator_pb2.ExplainResponse:
-    """The explanation as the wire carries it. The group's rules, its failure protection and
-    notes travel as rows with role "note" (factory_id names the topic, excluded_by the text),
-    which clients that only know factory rows can skip."""
+    """The explanation as the wire carries it: one row per factory, and the group's rules,
+    its failure protection and notes in fields of their own."""
     rows = [operator_pb2.ExplainedFactory(
         factory_id=f.factory_id, role=f.role, weight=f.weight, excluded_by=f.excluded_by,
         costs=[operator_pb2.CostTerm(name=n, value=v) for n, v in f.costs])
         for f in answer.factories]
-    notes = [("requirement", text) for text in answer.requirements]
-    notes += [("protection", text) for text in answer.protection]
-    notes += [("note", text) for text in answer.notes]
+    notes = list(answer.notes)
     if not exact:
-        notes.append(("note", "explained with this replica's current view: the plan was "
-                              "solved by the leader"))
-    rows += [operator_pb2.ExplainedFactory(factory_id=topic, role="note", excluded_by=text)
-             for topic, text in notes]
+        notes.append("explained with this replica's current view: the plan was solved by the "
+                     "leader")
     return operator_pb2.ExplainResponse(site=answer.site, model=answer.model,
                                         traffic_class=answer.traffic_class,
-                                        plan_version=answer.plan_version, factories=rows)
+                                        plan_version=answer.plan_version, factories=rows,
+                                        requirements=list(answer.requirements),
+                                        protection=list(answer.protection), notes=notes,
+                                        exact=exact)
 
 
 class OperatorService(operator_pb2_grpc.OperatorServicer):

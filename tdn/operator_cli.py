@@ -138,13 +138,11 @@ _COST_COLUMNS = ("price", "latency", "carbon", "energy", "tier", "queueing", "to
 def explain_text(ex: operator_pb2.ExplainResponse) -> str:
     """The explanation for people: a cost table of the factories that can carry the traffic,
     then what excluded the others, the group's rules and its failure protection."""
-    notes = [f for f in ex.factories if f.role == "note"]
-    usable = [f for f in ex.factories if f.role not in ("note", "excluded")]
+    usable = [f for f in ex.factories if f.role != "excluded"]
     excluded = [f for f in ex.factories if f.role == "excluded"]
     lines = [f"{ex.site} / {ex.model} / {ex.traffic_class}   (plan v{ex.plan_version})"]
-    rules = [n.excluded_by for n in notes if n.factory_id == "requirement"]
-    if rules:
-        lines.append(f"rules: {'; '.join(rules)}")
+    if ex.requirements:
+        lines.append(f"rules: {'; '.join(ex.requirements)}")
     lines.append("")
     rows = [["ROLE", "FACTORY", "WEIGHT", *(c.upper() for c in _COST_COLUMNS)]]
     for f in usable:
@@ -161,13 +159,11 @@ def explain_text(ex: operator_pb2.ExplainResponse) -> str:
     if excluded:
         lines += ["", "excluded:"]
         lines.append(_table([["  " + f.factory_id, f.excluded_by] for f in excluded]))
-    protection = [n.excluded_by for n in notes if n.factory_id == "protection"]
-    if protection:
+    if ex.protection:
         lines += ["", "failure protection (pre-computed backups, no re-solve):"]
-        lines += [f"  {p}" for p in protection]
-    other = [n.excluded_by for n in notes if n.factory_id not in ("requirement", "protection")]
-    if other:
-        lines += ["", *other]
+        lines += [f"  {p}" for p in ex.protection]
+    if ex.notes:
+        lines += ["", *ex.notes]
     return "\n".join(lines)
 
 

@@ -623,12 +623,32 @@ class ExplainResponse(_message.Message):
     TRAFFIC_CLASS_FIELD_NUMBER: _builtins.int
     PLAN_VERSION_FIELD_NUMBER: _builtins.int
     FACTORIES_FIELD_NUMBER: _builtins.int
+    REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    PROTECTION_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    EXACT_FIELD_NUMBER: _builtins.int
     site: _builtins.str
     model: _builtins.str
     traffic_class: _builtins.str
     plan_version: _builtins.int
+    exact: _builtins.bool
+    """True when explained with exactly the inputs the plan was solved from; false when this
+    replica adopted the plan from the leader and explains it with its own current view.
+    """
     @_builtins.property
     def factories(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExplainedFactory]: ...
+    @_builtins.property
+    def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The group's rules as the solver saw them: SLOs, allowed zones, price caps."""
+
+    @_builtins.property
+    def protection(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """How the pre-computed backups protect the group against single failures."""
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Anything else worth knowing: aliases, missing demand, the plan's status."""
+
     def __init__(
         self,
         *,
@@ -637,10 +657,14 @@ class ExplainResponse(_message.Message):
         traffic_class: _builtins.str = ...,
         plan_version: _builtins.int = ...,
         factories: _abc.Iterable[Global___ExplainedFactory] | None = ...,
+        requirements: _abc.Iterable[_builtins.str] | None = ...,
+        protection: _abc.Iterable[_builtins.str] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+        exact: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["factories", b"factories", "model", b"model", "plan_version", b"plan_version", "site", b"site", "traffic_class", b"traffic_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exact", b"exact", "factories", b"factories", "model", b"model", "notes", b"notes", "plan_version", b"plan_version", "protection", b"protection", "requirements", b"requirements", "site", b"site", "traffic_class", b"traffic_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

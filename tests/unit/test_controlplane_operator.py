@@ -130,6 +130,11 @@ async def test_explain_names_the_chosen_factories_with_costs_and_the_excluded_wi
             c.name for c in roles["eu-1"].costs}
         assert roles["eu-2"].role == "excluded" and roles["eu-2"].excluded_by == "unhealthy"
         assert roles[US_1.id].role == "excluded" and "zone" in roles[US_1.id].excluded_by
+        # Rows are factories only; the group's rules and notes have fields of their own.
+        assert set(roles) == {"eu-1", "eu-2", US_1.id}
+        assert list(answer.requirements) == ["zones eu, on-site:fra", "ttft <= 2 s"]
+        assert any(n.startswith(f"plan {answer.plan_version}") for n in answer.notes)
+        assert answer.exact
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await operator(ch).Explain(operator_pb2.ExplainRequest(site="fra", model="gpt-9"))

@@ -111,6 +111,9 @@ async def test_explain_over_http_names_primaries_and_why_others_are_excluded(
                     if (s, m) == ("fra", MODEL)}
         assert {(f["factory_id"], f["excluded_by"]) for f in body["factories"]
                 if f["role"] == "excluded"} == excluded
+        assert body["requirements"] and body["notes"] and body["exact"] is True
+        assert {f["role"] for f in body["factories"]} <= {"primary", "eligible", "excluded"} | {
+            f"backup-{i}" for i in range(4)}
         async with http.get(url, params={"site": "nowhere", "model": MODEL}) as resp:
             assert resp.status == 404
             assert "known: fra, nyc" in (await resp.json())["error"]

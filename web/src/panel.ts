@@ -221,6 +221,14 @@ export class Panel {
       ]);
       box.append(el("p", { class: "hint" }, `plan v${x.plan_version}, ${x.traffic_class} traffic${names.length ? `; cost terms: ${names.join(", ")}` : ""}`));
       box.append(table(["factory", "role", "weight", "costs / excluded by"], rows, "explain-table"));
+      const lists: [string, string[]][] = [
+        ["rules", x.requirements],
+        ["failure protection (pre-computed backups, no re-solve)", x.protection],
+        ["notes", x.notes],
+      ];
+      for (const [title, items] of lists) {
+        if (items.length) box.append(el("p", { class: "hint" }, `${title}:`), el("ul", { class: "explain-notes" }, ...items.map((t) => el("li", {}, t))));
+      }
     }
     return box;
   }

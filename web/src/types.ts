@@ -176,6 +176,10 @@ export interface Explain {
   traffic_class: string;
   plan_version: number;
   factories: ExplainFactory[];
+  requirements: string[];
+  protection: string[];
+  notes: string[];
+  exact: boolean;
 }
 
 export type Selection =
