@@ -12,6 +12,13 @@ factor: it is unbiased from the first report on (no cold-start dip to zero) and 
 with the policy's half-life. Several sidecars at one site simply
 add up. Token sizes are the ratios of the decayed sums (tokens per request, weighted by recency).
 
+Surges: the plan stands until the next solve, and LLM traffic comes in bursts (the Azure code
+trace's per-minute rates swing 3-10x around their 5-minute mean), so a plan sized for the smoothed
+mean sends a surge where only the mean fits. The estimator therefore keeps a second, fast sum
+(half-life ``SURGE_HALF_LIFE_S``, about the last minute) and plans for the larger of the two
+rates: a surge shapes the next plan at once, a lull waits for the policy's half-life before
+capacity is given back. (The routing benchmark's control plane does the same.)
+
 A group (site, model) never seen in usage keeps the network file's demand; once seen, the
 observation wins, including its decay towards zero when traffic stops. Usage carries no traffic
 class, so an observed rate is split over the classes the network file lists for that site and
@@ -33,6 +40,8 @@ from tdn.policy import DEFAULT_POLICY, Policy
 from tdn.v1 import usage_pb2
 
 DEFAULT_HALF_LIFE_S = 300.0
+# The fast sum behind the surge term: about the last minute.
+SURGE_HALF_LIFE_S = 60.0
 
 
 @dataclass(slots=True)
@@ -64,13 +73,16 @@ class DemandEstimator:
         self._sites = frozenset(sites)
         self._clock = clock
         self._tau = half_life_s / math.log(2)
+        self._surge_tau = min(SURGE_HALF_LIFE_S, half_life_s) / math.log(2)
         self._groups: dict[tuple[str, str], _Smoothed] = {}
+        self._surges: dict[tuple[str, str], _Smoothed] = {}
         self.ignored_reports = 0
 
     def set_half_life(self, half_life_s: float) -> None:
         if not half_life_s > 0:
             raise ValueError(f"half-life must be positive, not {half_life_s}")
         self._tau = half_life_s / math.log(2)
+        self._surge_tau = min(SURGE_HALF_LIFE_S, half_life_s) / math.log(2)
 
     def observe(self, report: usage_pb2.UsageReport, now: float | None = None,
                 policy: Policy = DEFAULT_POLICY) -> None:
@@ -83,32 +95,48 @@ class DemandEstimator:
         if report.HasField("window_start") and report.HasField("window_end"):
             window = max((report.window_end.ToNanoseconds()
                           - report.window_start.ToNanoseconds()) / 1e9, 0.0)
-        # The counts were spread over the window, not all made now: weighed as such, a steady
-        # rate reported in windows gives exactly the continuous estimate.
-        spread = 1.0 if window <= 0 else -math.expm1(-window / self._tau) * self._tau / window
-        for record in report.records:
-            key = (report.site, policy.resolve_model(record.model))
-            group = self._groups.get(key)
-            if group is None:
-                # The counts cover the window before now: date the observation from its start.
-                group = self._groups[key] = _Smoothed(first=now - window, at=now)
-            group.decay_to(now, self._tau)
-            group.requests += record.requests * spread
-            group.prompt_tokens += record.prompt_tokens * spread
-            group.completion_tokens += record.completion_tokens * spread
+        for sums, tau in ((self._groups, self._tau), (self._surges, self._surge_tau)):
+            # The counts were spread over the window, not all made now: weighed as such, a
+            # steady rate reported in windows gives exactly the continuous estimate.
+            spread = 1.0 if window <= 0 else -math.expm1(-window / tau) * tau / window
+            for record in report.records:
+                key = (report.site, policy.resolve_model(record.model))
+                group = sums.get(key)
+                if group is None:
+                    # The counts cover the window before now: date it from the window's start.
+                    group = sums[key] = _Smoothed(first=now - window, at=now)
+                group.decay_to(now, tau)
+                group.requests += record.requests * spread
+                group.prompt_tokens += record.prompt_tokens * spread
+                group.completion_tokens += record.completion_tokens * spread
 
     def observed(self) -> frozenset[tuple[str, str]]:
         return frozenset(self._groups)
 
     def rate(self, site: str, model: str, now: float | None = None) -> float | None:
-        """Smoothed requests per second, or None when (site, model) was never observed."""
-        group = self._groups.get((site, model))
+        """Requests per second to plan for — the larger of the smoothed rate and the last
+        minute's (see the module docstring) — or None when (site, model) was never observed."""
+        now = self._clock() if now is None else now
+        smoothed = self._rate(self._groups, self._tau, (site, model), now)
+        if smoothed is None:
+            return None
+        surge = self._rate(self._surges, self._surge_tau, (site, model), now)
+        return max(smoothed, surge or 0.0)
+
+    def smoothed_rate(self, site: str, model: str, now: float | None = None) -> float | None:
+        """The policy's half-life estimate alone (no surge term)."""
+        now = self._clock() if now is None else now
+        return self._rate(self._groups, self._tau, (site, model), now)
+
+    @staticmethod
+    def _rate(sums: dict[tuple[str, str], _Smoothed], tau: float, key: tuple[str, str],
+              now: float) -> float | None:
+        group = sums.get(key)
         if group is None:
             return None
-        now = self._clock() if now is None else now
-        group.decay_to(now, self._tau)
+        group.decay_to(now, tau)
         seen = max(now - group.first, 1e-9)
-        return group.requests / (self._tau * -math.expm1(-seen / self._tau))
+        return group.requests / (tau * -math.expm1(-seen / tau))
 
     def demands(self, now: float | None = None,
                 policy: Policy = DEFAULT_POLICY) -> tuple[Demand, ...]:

@@ -112,3 +112,19 @@ def test_the_half_life_must_be_positive() -> None:
     with pytest.raises(ValueError, match="half-life"):
         estimator.set_half_life(0.0)
     estimator.set_half_life(math.inf)
+
+
+def test_a_surge_is_planned_for_at_once_and_a_lull_gives_capacity_back_slowly() -> None:
+    estimator = DemandEstimator(CONFIGURED, half_life_s=300.0)
+    t = feed(estimator, "fra", 2.0, 1800.0)
+    assert estimator.rate("fra", "m", now=t) == pytest.approx(2.0, rel=0.02)
+    # A minute at 10x: the 5-minute estimate has barely moved, the plan follows the surge.
+    t = feed(estimator, "fra", 20.0, 60.0, start=t)
+    smoothed = estimator.smoothed_rate("fra", "m", now=t)
+    assert smoothed is not None and smoothed < 6.0
+    planned = estimator.rate("fra", "m", now=t)
+    assert planned is not None and planned > 11.0 and planned > 2 * smoothed
+    # Back to the old rate: a minute later the plan still keeps most of the surge's capacity.
+    t = feed(estimator, "fra", 2.0, 60.0, start=t)
+    after = estimator.rate("fra", "m", now=t)
+    assert after is not None and after > 4.0
