@@ -5,6 +5,9 @@ reach it. Each factory has a fixed number of concurrency slots and a FIFO queue:
 for a slot, then holds it for prefill (``prompt / prefill rate``) and decode (``output x ITL``).
 The client's time to first token is therefore RTT + queueing + prefill.
 
+A router may give each attempt a first-byte deadline (TDN's sidecar does): a request with no
+first token by then leaves the queue, or has its prefill aborted, and the router picks again.
+
 Failures are hard: from its failure time a factory refuses connections (the sender learns it
 after a round trip) and drops what it held — queued requests and requests still in prefill are
 retried by their router (nothing reached the client yet); requests already streaming fail
@@ -24,7 +27,7 @@ from typing import Protocol
 
 from bench.routing_topology import FactoryModel, Topology
 
-_ARRIVE, _REACH, _FINISH, _RETRY, _FAIL, _RECOVER, _CALL = range(7)
+_ARRIVE, _REACH, _FINISH, _RETRY, _FAIL, _RECOVER, _CALL, _DEADLINE = range(8)
 
 
 @dataclass(slots=True, eq=False)
@@ -43,7 +46,7 @@ class Req:
     status: str = ""  # "ok", or why it failed
     factory: str = ""
     reached: float = 0.0
-    first_token_at: float = 0.0  # as the client sees it
+    first_token_at: float = math.inf  # as the client sees it (inf: no first token yet)
     ttft: float = float("inf")
     cost_usd: float = 0.0
     gco2: float = 0.0
@@ -153,18 +156,24 @@ class Simulation:
         while heap:
             when, _, kind, a, b = heapq.heappop(heap)
             self.now = when
-            if kind in (_ARRIVE, _RETRY):
+            if kind == _ARRIVE:
                 assert isinstance(a, Req)
-                if kind == _RETRY:
-                    assert isinstance(b, str)
-                    self.router.on_failure(a, b, when)
                 self._dispatch(a, when)
+            elif kind == _RETRY:
+                assert isinstance(a, Req) and isinstance(b, tuple)
+                if a.attempts == b[1]:  # not already moved on by its deadline
+                    self.router.on_failure(a, b[0], when)
+                    self._dispatch(a, when)
             elif kind == _REACH:
-                assert isinstance(a, Req) and isinstance(b, str)
-                self._reach(a, b, when)
+                assert isinstance(a, Req) and isinstance(b, tuple)
+                if a.attempts == b[1]:
+                    self._reach(a, b[0], when)
             elif kind == _FINISH:
                 assert isinstance(a, Req) and isinstance(b, tuple)
-                self._finish(a, b[0], b[1], when)
+                self._finish(a, b[0], b[1], b[2], when)
+            elif kind == _DEADLINE:
+                assert isinstance(a, Req) and isinstance(b, tuple)
+                self._deadline(a, b[0], b[1], when)
             elif kind == _FAIL:
                 assert isinstance(a, str)
                 self._fail(a, when)
@@ -188,17 +197,48 @@ class Simulation:
             return
         req.attempts += 1
         req.tried.append(fid)
+        attempt = (fid, req.attempts)
         rtt = self.topology.rtt_s(req.site, fid)
         if not self.factories[fid].alive:
             # Connection refused: known after one round trip.
-            self._push(now + rtt, _RETRY, req, fid)
+            self._push(now + rtt, _RETRY, req, attempt)
             return
-        self._push(now + rtt / 2, _REACH, req, fid)
+        deadline = self._deadline_of(req, fid)
+        if math.isfinite(deadline):
+            self._push(now + deadline, _DEADLINE, req, attempt)
+        self._push(now + rtt / 2, _REACH, req, attempt)
+
+    def _deadline_of(self, req: Req, fid: str) -> float:
+        """The router's first-byte deadline for this attempt (inf: it waits as long as it
+        takes, as every router but TDN's sidecar does here)."""
+        deadline = getattr(self.router, "deadline", None)
+        return float(deadline(req, fid)) if deadline is not None else math.inf
+
+    def _deadline(self, req: Req, fid: str, attempt: int, now: float) -> None:
+        """A first-byte deadline passed: unless the first token is already out, the attempt is
+        abandoned (taken out of the queue, or its prefill aborted) and the request moves on."""
+        if req.attempts != attempt or req.status or req.first_token_at <= now:
+            return
+        f = self.factories[fid]
+        if req.id in f.active:
+            f._account(now)
+            f.running -= 1
+            del f.active[req.id]
+            if f.queue:
+                self._start(f.queue.popleft(), f, now)
+        elif req in f.queue:
+            f.queue.remove(req)
+        req.first_token_at = math.inf
+        on_deadline = getattr(self.router, "on_deadline", None)
+        if on_deadline is not None:
+            on_deadline(req, fid, now)
+        self._dispatch(req, now)
 
     def _reach(self, req: Req, fid: str, now: float) -> None:
         f = self.factories[fid]
         if not f.alive:
-            self._push(now + self.topology.rtt_s(req.site, fid) / 2, _RETRY, req, fid)
+            self._push(now + self.topology.rtt_s(req.site, fid) / 2, _RETRY, req,
+                       (fid, req.attempts))
             return
         req.reached = now
         if f.running < f.slots:
@@ -215,12 +255,12 @@ class Simulation:
         f.active[req.id] = req
         f.ttft_log.append((now + prefill, now + prefill - req.reached))
         duration = prefill + req.output * f.model.itl_s
-        self._push(now + duration, _FINISH, req, (f.model.id, f.epoch))
+        self._push(now + duration, _FINISH, req, (f.model.id, f.epoch, req.attempts))
 
-    def _finish(self, req: Req, fid: str, epoch: int, now: float) -> None:
+    def _finish(self, req: Req, fid: str, epoch: int, attempt: int, now: float) -> None:
         f = self.factories[fid]
-        if epoch != f.epoch:
-            return  # the factory failed meanwhile; _fail dealt with this request
+        if epoch != f.epoch or attempt != req.attempts or req.id not in f.active:
+            return  # the factory failed meanwhile (_fail dealt with it), or it was abandoned
         f._account(now)
         f.running -= 1
         del f.active[req.id]
@@ -241,7 +281,8 @@ class Simulation:
         f.alive = False
         f.epoch += 1
         for req in f.queue:
-            self._push(now + self.topology.rtt_s(req.site, fid) / 2, _RETRY, req, fid)
+            self._push(now + self.topology.rtt_s(req.site, fid) / 2, _RETRY, req,
+                       (fid, req.attempts))
         f.queue.clear()
         for req in f.active.values():
             half = self.topology.rtt_s(req.site, fid) / 2
@@ -249,7 +290,8 @@ class Simulation:
                 req.status = "stream broken"  # tokens reached the client: no silent retry
                 req.factory = fid
             else:
-                self._push(now + half, _RETRY, req, fid)
+                req.first_token_at = math.inf
+                self._push(now + half, _RETRY, req, (fid, req.attempts))
         f.active.clear()
         f.running = 0
 

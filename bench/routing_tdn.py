@@ -1,19 +1,32 @@
 """TDN in the routing simulation: the control plane's periodic solve and each site's sidecar.
 
 The control plane solves with :func:`tdn.topology.solver.solve` (the real solver, default
-:class:`~tdn.topology.options.SolveOptions`) every 60 s on demand groups estimated from the
-trace's trailing 5-minute window (smoothed), with telemetry as an agent would report it: slots
-running and waiting, the factory-side median TTFT of the last minute, ITL, the grid's carbon
-intensity and power price at that hour. The first plan is made from the first window (standing
-in for yesterday's forecast). Plans are compiled into per-site policies with
+:class:`~tdn.topology.options.SolveOptions`) every 60 s, then keeps any route the new plan would
+empty for telemetry reasons alone (:func:`tdn.topology.hold.hold_lost_routes`, as the control
+plane's solve loop does). Demand per group is the trace's trailing 5-minute window, smoothed
+with the previous estimate, or the last minute's rate when that is higher (a surge is planned
+for at the next solve; see ``PEAK_WINDOW_S``). Telemetry is what an agent reports: slots
+running and waiting, the factory-side median and p99 TTFT of the last minute, ITL, the grid's
+carbon intensity and power price at that hour. The first plan is made from the first window
+(standing in for yesterday's forecast). Plans are compiled into per-site policies with
 :func:`tdn.topology.compile.compile_site_policies`.
 
-Each site's sidecar routes as ``dataplane/balancer.py`` does — smooth weighted round-robin
-(nginx's algorithm) over the primary set, then backup levels in order — and ejects a factory that
-failed an attempt (30 s, doubling, as Envoy's outlier detection), so the traffic of a failed
-primary moves to the other primaries by weight, or to the first backup level, *without* a solve.
-The control plane sees a dead factory only after the telemetry TTL (15 s); in the single-factory
-drill it does not solve at all while the factory is down: the precomputed backups must carry it.
+Each site's sidecar orders a request's candidates with the real balancer
+(:class:`tdn.dataplane.balancer.Balancer`: smooth weighted round-robin pick among the primaries,
+then each backup level, then the other primaries), narrows them by its ejections once per request
+(all of them when none is left: panic), and walks them as ``dataplane/failover.py`` does,
+preferring after a failure a failure domain that has not failed. A factory that failed an
+attempt is ejected (30 s, doubling, as the classic routers'). So a failed primary's share goes to
+the route's first backup level, where the plan reserved capacity for it, *without* a solve.
+Each attempt has the sidecar's first-byte deadline (``dataplane/deadlines.py``: 3 x the
+factory's TTFT p99 in the policy, within [0.5 s, 30 s]; 30 s when unknown): a request with no
+first token by then is abandoned there and moves on, and the factory is suspected for one probe
+interval (5 s; five misses in a row eject it; at most half the factories out), as
+``dataplane/outlier.py`` does. With no candidate left the request fails, as the sidecar's
+would. The per-request routers wait as long as it takes instead (they read the live queues).
+The control plane sees a dead factory only after the telemetry TTL (15 s); in the
+single-factory drill it does not solve at all while the factory is down: the precomputed
+backups must carry it.
 """
 
 from __future__ import annotations
@@ -23,10 +36,13 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.routing_sim import Req, Simulation
+from bench.routing_sim import Req, Simulation, percentile
 from bench.routing_topology import MODEL, GroupModel, Topology
-from tdn.domain import FactoryState, Plan, SitePolicy, WeightedFactory
+from tdn.dataplane.balancer import Balancer
+from tdn.dataplane.deadlines import derived_from_ttft
+from tdn.domain import FactoryEndpoint, FactoryState, Plan, SitePolicy
 from tdn.topology.compile import compile_site_policies
+from tdn.topology.hold import hold_lost_routes
 from tdn.topology.options import SolveOptions
 from tdn.topology.solver import solve
 
@@ -34,77 +50,103 @@ SOLVE_PERIOD_S = 60.0
 DEMAND_WINDOW_S = 300.0
 SMOOTHING = 0.5  # weight of the newest window in the demand estimate
 TELEMETRY_WINDOW_S = 60.0
+# Traffic is planned for the larger of the smoothed estimate and the last minute's rate: the
+# trace's per-minute rates swing 3-10x, and a plan made for the 5-minute mean sends a surge
+# where only the mean fits. A surge then shapes the next plan at once; a lull waits for the
+# smoothing.
+PEAK_WINDOW_S = 60.0
 DETECTION_S = 15.0
 EJECTION_S = 30.0
 MAX_EJECTION_S = 300.0
-
-
-class SmoothWeightedRoundRobin:
-    """nginx's smooth weighted round-robin, as ``dataplane/balancer.py`` implements it."""
-
-    def __init__(self, members: Sequence[WeightedFactory]) -> None:
-        self.ids = [m.factory_id for m in members]
-        self.weights = [max(m.weight, 0.0) for m in members]
-        self.total = sum(self.weights)
-        self.current = [0.0] * len(members)
-
-    def pick(self) -> str | None:
-        if self.total <= 0:
-            return None
-        best = 0
-        for i, weight in enumerate(self.weights):
-            self.current[i] += weight
-            if self.current[i] > self.current[best]:
-                best = i
-        self.current[best] -= self.total
-        return self.ids[best]
+# dataplane/effective_settings.py defaults: a missed first-byte deadline suspects a factory for
+# one probe interval; five in a row eject it; at most half the factories out at once.
+SUSPECT_S = 5.0
+DEADLINES_TO_EJECT = 5
+MAX_OUT_PERCENT = 50.0
 
 
 @dataclass(slots=True)
 class SidecarModel:
-    """One site's sidecar: the policy it holds, its balancer state, its ejections."""
+    """One site's sidecar: the policy it holds, the real balancer's route plans (rotations and
+    fallback order), its ejections, and each request's candidate list while it is attempted."""
 
     policy: SitePolicy | None = None
-    groups: dict[tuple[str, int, tuple[str, ...]], SmoothWeightedRoundRobin] = field(
-        default_factory=dict)
+    balancer: Balancer = field(default_factory=Balancer)
     ejected: dict[str, tuple[float, int]] = field(default_factory=dict)
+    suspects: dict[str, float] = field(default_factory=dict)
+    misses: dict[str, int] = field(default_factory=dict)
+    pending: dict[int, tuple[list[FactoryEndpoint], set[str]]] = field(default_factory=dict)
 
     def set_policy(self, policy: SitePolicy) -> None:
         if self.policy is not None and self.policy.routes == policy.routes:
-            self.policy = policy  # same routes: keep the balancer's position, as no swap
-            return
+            return  # same routes: no swap, the balancer keeps its rotations
         self.policy = policy
-        self.groups.clear()
 
     def _usable(self, fid: str, now: float) -> bool:
         until = self.ejected.get(fid)
-        return until is None or until[0] <= now
+        return (until is None or until[0] <= now) and self.suspects.get(fid, 0.0) <= now
+
+    def deadline(self, fid: str) -> float:
+        """The first-byte deadline for an attempt at ``fid``: the route's, else derived from
+        the factory's TTFT p99 in the policy (``dataplane/deadlines.py``)."""
+        if self.policy is None:
+            return derived_from_ttft(0.0)
+        endpoint = self.policy.endpoint(fid)
+        return derived_from_ttft(endpoint.ttft_p99_s if endpoint is not None else 0.0)
+
+    def missed_deadline(self, fid: str, now: float) -> None:
+        """As ``dataplane/outlier.py``: a missed deadline takes the factory out of rotation for
+        one probe interval at once (within the cap on factories out), five in a row eject it."""
+        misses = self.misses.get(fid, 0) + 1
+        self.misses[fid] = misses
+        if misses >= DEADLINES_TO_EJECT:
+            self.misses[fid] = 0
+            self.eject(fid, now)
+            return
+        out = sum(1 for until, _ in self.ejected.values() if until > now)
+        out += sum(1 for f, until in self.suspects.items() if until > now and f != fid)
+        factories = len(self.policy.factories) if self.policy is not None else 0
+        if out + 1 <= max(1, int(factories * MAX_OUT_PERCENT / 100)):
+            self.suspects[fid] = now + SUSPECT_S
 
     def choose(self, req: Req, now: float) -> str | None:
         if self.policy is None:
             return None
-        route = self.policy.route_for(MODEL, req.cls)
-        if route is None:
+        state = self.pending.get(req.id)
+        if state is None:
+            route = self.policy.route_for(MODEL, req.cls)
+            if route is None:
+                return None
+            # As exchange.py: the balancer's order for this request, narrowed by ejections
+            # once (all of them when none is left: panic), then walked by the failover loop.
+            order = self.balancer.candidates(self.policy, route)
+            live = [e for e in order if self._usable(e.id, now)]
+            state = self.pending[req.id] = (live or order, set())
+        remaining, failed_domains = state
+        if req.tried:
+            last = self.policy.endpoint(req.tried[-1])
+            if last is not None:
+                failed_domains.add(last.failure_domain or last.region)
+        if not remaining:
+            self.pending.pop(req.id, None)
             return None
-        for level, members in enumerate((route.primary, *route.backups)):
-            live = [m for m in members
-                    if m.factory_id not in req.tried and self._usable(m.factory_id, now)]
-            if not live:
-                continue
-            key = (req.cls, level, tuple(m.factory_id for m in live))
-            group = self.groups.get(key)
-            if group is None:
-                group = self.groups[key] = SmoothWeightedRoundRobin(live)
-            return group.pick() or live[0].factory_id
-        return None
+        # failover.py's _next: after a failure, prefer a failure domain that has not failed.
+        for i, candidate in enumerate(remaining):
+            if not failed_domains or (candidate.failure_domain or candidate.region
+                                      ) not in failed_domains:
+                return remaining.pop(i).id
+        return remaining.pop(0).id
 
     def eject(self, fid: str, now: float) -> None:
         _, count = self.ejected.get(fid, (0.0, 0))
         hold = min(EJECTION_S * 2 ** count, MAX_EJECTION_S)
         self.ejected[fid] = (now + hold, count + 1)
 
-    def succeeded(self, fid: str) -> None:
+    def succeeded(self, req: Req, fid: str) -> None:
+        self.pending.pop(req.id, None)
         self.ejected.pop(fid, None)
+        self.suspects.pop(fid, None)
+        self.misses.pop(fid, None)
 
 
 @dataclass(slots=True)
@@ -152,9 +194,9 @@ class TdnRouter:
             self._solve(now)
         self.sim.call_at(now + SOLVE_PERIOD_S, self._tick)
 
-    def _window(self, group: GroupModel, now: float) -> tuple[float, float, float]:
-        start, end = (now - DEMAND_WINDOW_S, now) if now >= DEMAND_WINDOW_S else \
-            (0.0, DEMAND_WINDOW_S)
+    def _window(self, group: GroupModel, now: float, span: float = DEMAND_WINDOW_S
+                ) -> tuple[float, float, float]:
+        start, end = (now - span, now) if now >= span else (0.0, span)
         times, reqs = self.arrivals.get((group.site, group.cls), ([], []))
         lo, hi = bisect.bisect_left(times, start), bisect.bisect_left(times, end)
         window = reqs[lo:hi]
@@ -171,7 +213,7 @@ class TdnRouter:
             runtime = self.sim.factories[f.id]
             while runtime.ttft_log and runtime.ttft_log[0][0] < now - TELEMETRY_WINDOW_S:
                 runtime.ttft_log.popleft()
-            recent = [ttft for _, ttft in runtime.ttft_log]
+            recent = sorted(ttft for _, ttft in runtime.ttft_log)
             down = self.sim.down_since(f.id, now)
             known_down = down is not None and now - down >= DETECTION_S
             if not self.load_telemetry:
@@ -181,6 +223,7 @@ class TdnRouter:
                 f, now, running=runtime.running if busy else 0,
                 waiting=runtime.queued if busy else 0,
                 ttft_p50_s=statistics.median(recent) if recent else 0.0,
+                ttft_p99_s=percentile(recent, 99) if recent else 0.0,
                 healthy=not known_down))
         return states
 
@@ -194,11 +237,15 @@ class TdnRouter:
                 prompt = SMOOTHING * prompt + (1 - SMOOTHING) * old[1]
                 output = SMOOTHING * output + (1 - SMOOTHING) * old[2]
             self.estimate[(group.site, group.cls)] = (rate, prompt, output)
+            rate = max(rate, self._window(group, now, PEAK_WINDOW_S)[0])
             demands.append(self.topology.demand(group, rate, prompt, output))
         states = self._states(now)
         self.version += 1
         plan = solve(states, self.sites, demands, previous=self.plan, options=self.options,
                      version=self.version)
+        # As the control plane's solve loop: a route the new plan empties only because of
+        # telemetry keeps the previous plan's factories (fail static, topology/hold.py).
+        plan, _ = hold_lost_routes(plan, self.plan, states, self.sites, demands)
         self.plan = plan
         self.solves.append(SolveRecord(now, plan.status, plan.solve_seconds))
         for site, policy in compile_site_policies(plan, states, self.sites,
@@ -212,8 +259,14 @@ class TdnRouter:
     def choose(self, req: Req, now: float) -> str | None:
         return self.sidecars[req.site].choose(req, now)
 
+    def deadline(self, req: Req, factory_id: str) -> float:
+        return self.sidecars[req.site].deadline(factory_id)
+
+    def on_deadline(self, req: Req, factory_id: str, now: float) -> None:
+        self.sidecars[req.site].missed_deadline(factory_id, now)
+
     def on_failure(self, req: Req, factory_id: str, now: float) -> None:
         self.sidecars[req.site].eject(factory_id, now)
 
     def on_success(self, req: Req, factory_id: str, now: float) -> None:
-        self.sidecars[req.site].succeeded(factory_id)
+        self.sidecars[req.site].succeeded(req, factory_id)

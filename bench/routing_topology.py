@@ -221,7 +221,8 @@ class Topology:
                 for s in self.sites]
 
     def factory_state(self, f: FactoryModel, t: float, *, running: int = 0, waiting: int = 0,
-                      ttft_p50_s: float = 0.0, healthy: bool = True) -> FactoryState:
+                      ttft_p50_s: float = 0.0, ttft_p99_s: float = 0.0,
+                      healthy: bool = True) -> FactoryState:
         spec = FactorySpec(
             id=f.id, tier=f.tier, region=f.region, compliance_zone=f.zone,
             endpoint=f"http://{f.id}.bench.invalid/v1", models=(MODEL,),
@@ -231,7 +232,7 @@ class Topology:
                           electricity_price_per_kwh=self.power_price_usd_per_kwh(f.region, t)),
             max_concurrency=f.slots, site=f.site, failure_domain=f.domain)
         load = FactoryLoad(running=running, waiting=waiting, ttft_p50_s=ttft_p50_s,
-                           itl_p50_s=f.itl_s)
+                           ttft_p99_s=ttft_p99_s, itl_p50_s=f.itl_s)
         return FactoryState(spec=spec, load=load,
                             health=Health.HEALTHY if healthy else Health.UNHEALTHY,
                             last_report=t)

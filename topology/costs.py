@@ -62,8 +62,11 @@ class CostTerms:
         )
 
 
-def request_cost(demand: Demand, factory: FactoryState, site: Site) -> CostTerms:
-    """What one mean request of ``demand`` costs at ``factory``, seen from ``site``."""
+def request_cost(demand: Demand, factory: FactoryState, site: Site,
+                 planned_load: float = 0.0) -> CostTerms:
+    """What one mean request of ``demand`` costs at ``factory``, seen from ``site``
+    (``planned_load``: the previous plan's in-flight requests there, see
+    :func:`~tdn.topology.estimates.idle_trust`)."""
     spec = factory.spec
     price_usd = (
         demand.prompt_tokens * spec.price.input_per_mtok
@@ -74,7 +77,7 @@ def request_cost(demand: Demand, factory: FactoryState, site: Site) -> CostTerms
     output_mtok = demand.output_tokens / 1e6
     return CostTerms(
         price=price_usd / PRICE_UNIT_USD,
-        latency=ttft_estimate_s(demand, factory, site) / LATENCY_UNIT_S,
+        latency=ttft_estimate_s(demand, factory, site, planned_load) / LATENCY_UNIT_S,
         carbon=spec.energy.gco2_per_mtok() * output_mtok / CARBON_UNIT_G,
         energy=spec.energy.energy_cost_per_mtok() * output_mtok / ENERGY_UNIT_USD,
     )

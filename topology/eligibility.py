@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from tdn.domain import AdminState, Demand, FactoryState, Health, Site, Tier
-from tdn.topology.estimates import itl_s, ttft_estimate_s
+from tdn.topology.estimates import IDLE_UTILISATION, itl_s, ttft_estimate_s
 from tdn.topology.requirements import Requirement, requirement, site_zones
 
 DOES_NOT_SERVE_MODEL = "does not serve model"
@@ -106,17 +106,27 @@ def _excluded(factory: FactoryState, check: Check, reason: str,
     return Verdict(factory.spec.id, False, False, reason, estimate_s, check)
 
 
-def saturated(factory: FactoryState) -> bool:
-    # Every slot busy and a queue forming: sending more only lengthens the queue. Planned load
-    # is bounded by the capacity constraint; this catches load the plan did not put there.
-    load = factory.load
-    return load.running >= factory.spec.max_concurrency and load.waiting > 0
+def saturated(factory: FactoryState, planned_load: float = 0.0) -> bool:
+    """A queue at least as long as the factory's slots that the previous plan does not explain
+    (it sent less than :data:`~.estimates.IDLE_UTILISATION` of the slots' worth of requests
+    there, ``planned_load``): other traffic or a stalled engine fills it, and a request sent now
+    would wait a whole request's duration or more before it even starts.
+
+    Only such a departure from the model excludes. A queue the plan's own load causes now and
+    then (Erlang C: at the SLO-safe load some requests wait; a burst makes more wait, briefly)
+    is the queueing model's business; excluding the factory for it moved all its traffic away
+    for a period and back the next, and a plan kept through a failure without a solve kept the
+    exclusion for the whole failure.
+    """
+    slots = max(factory.spec.max_concurrency, 1)
+    return factory.load.waiting >= slots and planned_load < IDLE_UTILISATION * slots
 
 
 def judge(demand: Demand, factory: FactoryState, site: Site | None,
-          req: Requirement | None = None) -> Verdict:
+          req: Requirement | None = None, *, planned_load: float = 0.0) -> Verdict:
     """Decide whether ``factory`` may serve ``demand`` from ``site`` (None: the site is unknown)
-    under ``req`` (default: the demand's own rules, no policy)."""
+    under ``req`` (default: the demand's own rules, no policy); ``planned_load`` is the previous
+    plan's in-flight requests at the factory (:func:`~.estimates.planned_loads`)."""
     spec = factory.spec
     if site is None:
         return _excluded(factory, Check.UNKNOWN_SITE, unknown_site(demand.site))
@@ -139,14 +149,14 @@ def judge(demand: Demand, factory: FactoryState, site: Site | None,
     if spec.price.output_per_mtok > req.max_output_price_per_mtok:
         return _excluded(factory, Check.PRICE_CAP, price_above_cap(
             spec.price.output_per_mtok, req.max_output_price_per_mtok, req.price_cap_source))
-    estimate = ttft_estimate_s(demand, factory, site)
+    estimate = ttft_estimate_s(demand, factory, site, planned_load)
     if estimate > req.ttft_slo_s:
         return _excluded(factory, Check.TTFT_SLO, slo_exceeded(estimate, req.ttft_slo_s),
                          estimate)
     if math.isfinite(req.per_token_slo_s) and itl_s(factory) > req.per_token_slo_s:
         return _excluded(factory, Check.PER_TOKEN_SLO,
                          per_token_exceeded(itl_s(factory), req.per_token_slo_s), estimate)
-    if saturated(factory):
+    if saturated(factory, planned_load):
         return _excluded(factory, Check.AT_CAPACITY, AT_CAPACITY, estimate)
     if factory.admin is AdminState.CORDONED:
         return Verdict(spec.id, False, True, CORDONED, estimate, Check.CORDONED)

@@ -1,5 +1,6 @@
 """Why a route is what it is: each factory's role, its cost by term, the rule that excluded it,
-and whether the route's backups absorb a failure.
+whether the route's backups absorb a failure, and each primary's planned load against the load
+at which the group still meets its SLO.
 
 An explanation is computed from the inputs the plan was solved from (:class:`SolveInputs`) with
 the same judge, requirements and cost model as the solver, so its words and numbers are the
@@ -13,9 +14,15 @@ from dataclasses import dataclass
 from tdn.domain import Demand, Plan, Route, Site
 from tdn.topology.costs import request_cost
 from tdn.topology.eligibility import judge
-from tdn.topology.estimates import request_duration_s
+from tdn.topology.estimates import planned_loads, request_duration_s
 from tdn.topology.failover import FailureModel
-from tdn.topology.problem import GroupKey, merge_demands, queueing_marginal_costs
+from tdn.topology.problem import (
+    GroupKey,
+    Problem,
+    build_problem,
+    merge_demands,
+    queueing_marginal_costs,
+)
 from tdn.topology.requirements import requirement
 from tdn.topology.solver import SolveInputs
 
@@ -77,13 +84,64 @@ def _roles(route: Route | None) -> dict[str, tuple[str, float]]:
 
 
 def _queueing(inputs: SolveInputs, load: float, capacity: float, duration: float) -> float:
-    """Per-request queueing cost at a factory filled to ``load`` of ``capacity`` slots."""
+    """Per-request queueing cost at a factory filled to ``load`` of ``capacity`` slots (for a
+    factory the solver had no pair for)."""
     marginals = queueing_marginal_costs(inputs.options)
     plannable = capacity * (1.0 - inputs.options.capacity_headroom)
     if plannable <= 0:
         return marginals[-1] * duration
     k = min(int(load / plannable * len(marginals)), len(marginals) - 1)
     return marginals[k] * duration
+
+
+@dataclass(frozen=True, slots=True)
+class _Solved:
+    """The solver's own view of a plan: each factory's fill in the LP's capacity units, and per
+    factory of the explained group its pair (request duration, capacity scale, SLO-safe load)."""
+
+    problem: Problem
+    fill: dict[str, float]
+    pairs: dict[str, tuple[float, float, float]]
+
+    def queueing(self, inputs: SolveInputs, factory_id: str) -> float | None:
+        """The LP's marginal queueing cost of one more request of the group at the factory."""
+        pair = self.pairs.get(factory_id)
+        if pair is None:
+            return None
+        ft = self.problem.factories
+        capacity = float(ft.capacity[ft.index[factory_id]])
+        marginals = queueing_marginal_costs(inputs.options)
+        if capacity <= 0:
+            k = len(marginals) - 1
+        else:
+            k = min(int(self.fill.get(factory_id, 0.0) / capacity * len(marginals)),
+                    len(marginals) - 1)
+        duration, scale, _ = pair
+        return marginals[k] * duration * scale
+
+
+def _solved(inputs: SolveInputs, plan: Plan, key: GroupKey) -> _Solved:
+    problem = build_problem(inputs.factories, inputs.sites, inputs.demands, inputs.previous,
+                            inputs.options, policy=inputs.policy)
+    ft = problem.factories
+    index = {k: g for g, k in enumerate(problem.keys)}
+    fill: dict[str, float] = {}
+    for site, route in plan.routes:
+        g = index.get((site, route.model, route.traffic_class))
+        if g is None:
+            continue
+        weights = {w.factory_id: w.weight for w in route.primary}
+        for j in problem.pairs(g):
+            fid = ft.id(int(problem.factory[j]))
+            if fid in weights:
+                fill[fid] = fill.get(fid, 0.0) + weights[fid] * float(problem.concurrency[j])
+    pairs = {}
+    if key in index:
+        for j in problem.pairs(index[key]):
+            pairs[ft.id(int(problem.factory[j]))] = (
+                float(problem.duration[j]), float(problem.scale[j]),
+                float(problem.slo_safe_load[j]))
+    return _Solved(problem, fill, pairs)
 
 
 def _protection(model: FailureModel, key: GroupKey, route: Route) -> tuple[str, ...]:
@@ -141,25 +199,30 @@ def explain(inputs: SolveInputs, plan: Plan, site_id: str, model: str,
         demand = Demand(site=site_id, model=served, traffic_class=traffic_class, rate_rps=0.0)
         notes.append("no demand for this group in the solve's inputs")
     failure = FailureModel(plan, inputs.factories, demands.values())
+    # The previous plan's load per factory: how far an observed TTFT is believed (estimates).
+    planned = planned_loads(inputs.previous, inputs.factories, demands.values())
+    solved = _solved(inputs, plan, key)
     roles = _roles(route)
     req = requirement(demand, site, policy) if site is not None else None
-    dearest = max((_total(inputs, demand, site, fid) for fid in
+    dearest = max((_total(inputs, demand, site, fid, planned) for fid in
                    (w.factory_id for w in route.primary)), default=0.0) if (
         route is not None and site is not None) else 0.0
     explained = []
     for factory in sorted(inputs.factories, key=lambda f: f.spec.id):
         fid = factory.spec.id
-        verdict = judge(demand, factory, site, req)
+        verdict = judge(demand, factory, site, req, planned_load=planned.get(fid, 0.0))
         role, weight = roles.get(fid, ("", 0.0))
         if not role and not verdict.may_be_backup:
             explained.append(FactoryExplanation(fid, "excluded", excluded_by=verdict.reason))
             continue
         assert site is not None  # judge excludes every factory of an unknown site
-        terms = request_cost(demand, factory, site).weighted(
+        terms = request_cost(demand, factory, site, planned.get(fid, 0.0)).weighted(
             inputs.options, inputs.options.tier_factor(factory.spec.tier))
-        queueing = _queueing(inputs, failure.base.get(fid, 0.0),
-                             float(factory.spec.max_concurrency),
-                             request_duration_s(demand, factory))
+        queueing = solved.queueing(inputs, fid)
+        if queueing is None:
+            queueing = _queueing(inputs, failure.base.get(fid, 0.0),
+                                 float(factory.spec.max_concurrency),
+                                 request_duration_s(demand, factory, planned.get(fid, 0.0)))
         static = sum(v for _, v in terms)
         costs = (*terms, ("queueing", queueing), ("total", static + queueing))
         if role:
@@ -174,6 +237,8 @@ def explain(inputs: SolveInputs, plan: Plan, site_id: str, model: str,
                    "is already used")
             explained.append(FactoryExplanation(fid, "eligible", 0.0, costs, why))
     explained.sort(key=lambda e: (_rank(e.role), -e.weight, e.factory_id))
+    if route is not None:
+        notes += _slo_safe_notes(solved, route, failure)
     return RouteExplanation(
         site=site_id, model=served, traffic_class=traffic_class, plan_version=plan.version,
         factories=tuple(explained),
@@ -192,9 +257,24 @@ def _rank(role: str) -> int:
     return 1000 if role == "eligible" else 1001
 
 
-def _total(inputs: SolveInputs, demand: Demand, site: Site, factory_id: str) -> float:
+def _total(inputs: SolveInputs, demand: Demand, site: Site, factory_id: str,
+           planned: dict[str, float]) -> float:
     factory = next((f for f in inputs.factories if f.spec.id == factory_id), None)
     if factory is None:
         return 0.0
-    return request_cost(demand, factory, site).total(
+    return request_cost(demand, factory, site, planned.get(factory_id, 0.0)).total(
         inputs.options, inputs.options.tier_factor(factory.spec.tier))
+
+
+def _slo_safe_notes(solved: _Solved, route: Route, failure: FailureModel) -> list[str]:
+    """Per primary: the load the plan puts there against the load at which this group's
+    requests still meet their SLO (the solver's own numbers, from the same problem)."""
+    ft = solved.problem.factories
+    out = []
+    for w in route.primary:
+        pair = solved.pairs.get(w.factory_id)
+        if pair is not None:
+            slots = ft.states[ft.index[w.factory_id]].spec.max_concurrency
+            out.append(f"{w.factory_id}: {failure.base.get(w.factory_id, 0.0):.1f} in flight "
+                       f"planned, SLO-safe for this class up to {pair[2]:.1f} of {slots} slots")
+    return out

@@ -38,6 +38,10 @@ class SolveOptions:
     queueing_steepness: float = 0.1
     # How many equal slices of a factory's plannable capacity carry increasing queueing cost.
     queueing_segments: int = 4
+    # The chance, per factory, that a request's queueing wait pushes it past its TTFT SLO at
+    # the planned load (M/M/c, :mod:`tdn.topology.queueing`): what bounds planned load below
+    # the headroom when requests are long and slots few. 1 turns the bound off.
+    slo_miss_target: float = 0.01
     # A factory with a smaller share of a group than this is dropped from its primary set: a
     # sliver of traffic buys a connection pool and a failure mode, not capacity.
     min_primary_share: float = 0.01
@@ -67,6 +71,9 @@ class SolveOptions:
             raise ValueError(
                 f"SolveOptions.capacity_headroom is {self.capacity_headroom}; must be < 1"
             )
+        if not 0.0 < self.slo_miss_target <= 1.0:
+            raise ValueError(
+                f"SolveOptions.slo_miss_target is {self.slo_miss_target}; must be in (0, 1]")
         if self.queueing_segments < 1:
             raise ValueError("SolveOptions.queueing_segments must be at least 1")
         if self.backup_depth < 0:
@@ -94,6 +101,7 @@ def options_from_policy(policy: Policy, base: SolveOptions | None = None) -> Sol
         time_limit_s=policy.solver.time_limit_s,
         queueing_steepness=policy.queueing_steepness,
         queueing_segments=b.queueing_segments,
+        slo_miss_target=b.slo_miss_target,
         min_primary_share=b.min_primary_share,
         tier_factors=policy.tier_factors,
         backup_domain=policy.backups.domain,

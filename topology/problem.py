@@ -4,7 +4,12 @@ serves the group's model, each judged and priced, plus capacities and the previo
 Both the LP (:mod:`tdn.topology.lp`) and the greedy fallback (:mod:`tdn.topology.greedy`) read
 this, so a fallback plan obeys exactly the same eligibility, costs and capacities as an optimal
 one. Pairs are held as flat arrays sorted by (group, cost, factory id): judging and pricing a
-thousand factories against thousands of groups is then a few vectorised passes. Everything is
+thousand factories against thousands of groups is then a few vectorised passes.
+
+Costs and the SLO check use each factory *unloaded* (:mod:`tdn.topology.estimates`); the queue a
+plan causes is bounded instead: each pair's concurrency is scaled so that the capacity rows the
+solvers already have keep every factory within its SLO-safe load (:mod:`tdn.topology.queueing`),
+with the last queueing segment left as priced overflow beyond it (:func:`safe_share`). Everything is
 built in sorted order, so the same input always yields the same arrays.
 """
 
@@ -34,8 +39,14 @@ from tdn.topology.eligibility import (
     zone_not_allowed,
     zone_not_allowed_for_tenant,
 )
-from tdn.topology.estimates import DEFAULT_BASE_TTFT_S, DEFAULT_PREFILL_TOKENS_PER_S, LOCAL_RTT_MS
+from tdn.topology.estimates import (
+    DEFAULT_BASE_TTFT_S,
+    DEFAULT_PREFILL_TOKENS_PER_S,
+    LOCAL_RTT_MS,
+    planned_loads,
+)
 from tdn.topology.options import SolveOptions
+from tdn.topology.queueing import slo_safe_loads
 from tdn.topology.requirements import Requirement, requirement
 from tdn.topology.tables import (
     Bools,
@@ -54,6 +65,14 @@ Exclusion = tuple[str, str, str, str, str]  # (site, model, class, factory id, r
 _NO_ZONE = "<no common zone>"
 # Up to this many (group, factory serving its model) pairs, a plan lists every exclusion.
 EXCLUSIONS_LISTED_UP_TO = 20_000
+# The price of planning a slot-second beyond the SLO-safe load, in units of queueing steepness
+# (so 10 at the default steepness of 0.1: a 5 s request pushed there costs 50 units, more than
+# any difference in price, latency or carbon between factories, far less than leaving it
+# unserved).
+SLO_OVERFLOW_FACTOR = 100.0
+# A pair's concurrency counts at most this many times over against its factory's capacity
+# (a group with no slack left for queueing), so that the LP's coefficients stay well scaled.
+MAX_CAPACITY_SCALE = 20.0
 # A group with no traffic yet still deserves its cheapest route, so costs are weighed as if a
 # trickle of traffic existed; capacity uses the true (zero) load.
 MIN_OBJECTIVE_RATE = 1e-3
@@ -114,7 +133,9 @@ def queueing_marginal_costs(options: SolveOptions) -> tuple[float, ...]:
 
     Segment k covers utilisations [k, k+1) / K of the plannable capacity; its price is the M/M/1
     delay factor rho / (1 - rho) at the segment's midpoint, rho measured against the factory's
-    full concurrency, so filling towards the headroom costs ever more.
+    full concurrency, so filling towards the headroom costs ever more. With two segments or
+    more, the last one is the *overflow* beyond the SLO-safe load (see :func:`safe_share`) and
+    also carries :data:`SLO_OVERFLOW_FACTOR`: the SLO misses a plan buys by filling it.
     """
     k = options.queueing_segments
     keep = 1.0 - options.capacity_headroom
@@ -122,7 +143,18 @@ def queueing_marginal_costs(options: SolveOptions) -> tuple[float, ...]:
     for i in range(k):
         rho = (i + 0.5) / k * keep
         costs.append(options.queueing_steepness * rho / (1.0 - rho))
+    if k >= 2:
+        costs[-1] += options.queueing_steepness * SLO_OVERFLOW_FACTOR
     return tuple(costs)
+
+
+def safe_share(options: SolveOptions) -> float:
+    """Share of the plannable capacity (in the LP's units) that the SLO-safe load maps to: all
+    segments but the last, which is left for overflow when the SLO-safe loads cannot carry the
+    demand (far better spread there, at a price, than left unserved and piled by the sidecars
+    onto whatever a group was given)."""
+    k = options.queueing_segments
+    return (k - 1) / k if k >= 2 else 1.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -149,7 +181,13 @@ class Problem:
     check: Ints  # a Check code
     cost: Floats  # weighted per-request cost, tier factor included
     duration: Floats  # seconds one request holds a slot
-    concurrency: Floats  # in-flight requests if the factory took the whole group
+    # In-flight requests if the factory took the whole group, in units of the factory's
+    # plannable capacity: in_flight scaled by plannable / slo_safe_load (see build_problem).
+    # The LP, the greedy fallback and the backup ledger count load in these units.
+    concurrency: Floats
+    in_flight: Floats  # in-flight requests if the factory took the whole group (Little's law)
+    scale: Floats  # concurrency / in_flight: how much faster than its load the pair fills capacity
+    slo_safe_load: Floats  # the factory's load (slots) at which this group still meets its SLO
     ttft: Floats  # estimated TTFT seen from the site
     previous: Floats  # the previous plan's primary weight (0 when none)
     primary: Bools  # check is OK: may carry primary traffic
@@ -233,9 +271,10 @@ def build_problem(factories: Sequence[FactoryState], sites: Sequence[Site],
     once."""
     site_ids = sorted({s.id for s in sites})
     site_index = {sid: i for i, sid in enumerate(site_ids)}
-    ft = factory_table(factories, site_index, options)
-    st = site_table(sites, ft.regions)
     merged = merge_demands(demands, policy)
+    ft = factory_table(factories, site_index, options,
+                       planned_loads(previous, factories, merged))
+    st = site_table(sites, ft.regions)
     G = len(merged)
     keys = tuple((d.site, d.model, d.traffic_class) for d in merged)
     site_of = np.fromiter((st.index.get(d.site, -1) for d in merged), dtype=np.int64, count=G)
@@ -261,16 +300,19 @@ def build_problem(factories: Sequence[FactoryState], sites: Sequence[Site],
     s = site_of[g]
     s_safe = np.maximum(s, 0)
 
-    # The physical model of tdn.topology.estimates, term by term in the same order.
+    # The physical model of tdn.topology.estimates, term by term in the same order: the
+    # factory unloaded (an observed TTFT above the default believed only as far as the
+    # factory was idle), no queue; the queue is the SLO-safe load's business, below.
     observed = ft.ttft_observed[f]
-    factory_ttft = np.where(observed > 0, observed,
-                            DEFAULT_BASE_TTFT_S + prompt[g] / DEFAULT_PREFILL_TOKENS_PER_S)
+    default_ttft = DEFAULT_BASE_TTFT_S + prompt[g] / DEFAULT_PREFILL_TOKENS_PER_S
+    factory_ttft = np.where(
+        observed <= 0, default_ttft,
+        np.where(observed <= default_ttft, observed,
+                 default_ttft + ft.ttft_trust[f] * (observed - default_ttft)))
     duration = factory_ttft + output[g] * ft.itl[f]
-    waiting = ft.waiting[f]
-    backlog = np.where(waiting > 0, waiting * duration / ft.max_concurrency[f], 0.0)
     local = ft.onsite[f] & (ft.onsite_site[f] == s)
     rtt = np.where(local, LOCAL_RTT_MS, st.rtt_ms[s_safe, ft.region[f]])
-    ttft = rtt / 1000.0 + factory_ttft + backlog
+    ttft = rtt / 1000.0 + factory_ttft
 
     zone_ok_site = site_ok[zone_set[g], ft.zone[f]] & ~(ft.onsite[f] & ~local)
     health = ft.health[f]
@@ -318,19 +360,49 @@ def build_problem(factories: Sequence[FactoryState], sites: Sequence[Site],
         for j in range(int(start[gi]), int(start[gi + 1])):
             prev_share[j] = shares.get(ft.id(int(f[j])), 0.0)
 
+    primary = check == int(Check.OK)
+    safe = _slo_safe_loads(ft, g, f, primary=primary, duration=duration,
+                           slack=ttft_slo[g] - ttft, weight=np.maximum(rate, MIN_OBJECTIVE_RATE),
+                           options=options)
+    # The LP keeps sum(concurrency * x) within the plannable capacity; scaling each pair's
+    # concurrency by (safe share of plannable) / SLO-safe load keeps every factory within the
+    # SLO-safe load of the groups it serves (exactly so for groups of one slack) before the
+    # overflow segment; never below 1, so planned load never passes the headroom.
+    plannable = ft.capacity[f] * safe_share(options)
+    scale = np.where(plannable > 0, np.maximum(
+        plannable / np.maximum(safe, plannable / MAX_CAPACITY_SCALE), 1.0), 1.0)
+    in_flight = rate[g] * duration
+
     # Leaving demand unserved must cost far more than serving it anywhere, fully queued.
     top_queueing = queueing_marginal_costs(options)[-1]
     worst = np.zeros(G, dtype=np.float64)
-    primary = check == int(Check.OK)
-    np.maximum.at(worst, g[primary], cost[primary] + top_queueing * duration[primary])
+    np.maximum.at(worst, g[primary],
+                  cost[primary] + top_queueing * duration[primary] * scale[primary])
     return Problem(
         options=options, factories=ft, sites=st, keys=keys, demands=merged, requirements=reqs,
         rate=rate, objective_rate=np.maximum(rate, MIN_OBJECTIVE_RATE),
         tokens_per_s=rate * output, penalty=1000.0 + 10.0 * worst, has_previous=has_prev,
         start=start, group=g, factory=f, check=check, cost=cost, duration=duration,
-        concurrency=rate[g] * duration, ttft=ttft, previous=prev_share, primary=primary,
+        concurrency=in_flight * scale, in_flight=in_flight, scale=scale, slo_safe_load=safe,
+        ttft=ttft, previous=prev_share, primary=primary,
         backup_capable=check <= int(Check.CORDONED),
     )
+
+
+def _slo_safe_loads(ft: FactoryTable, g: Ints, f: Ints, *, primary: Bools, duration: Floats,
+                    slack: Floats, weight: Floats, options: SolveOptions) -> Floats:
+    """Per pair, the SLO-safe load of its factory for its group's slack
+    (:mod:`tdn.topology.queueing`). A factory's mean request duration is that of the groups it
+    may serve as a primary, weighed by their demand: the mix it will see if it is used."""
+    n = len(ft)
+    weights = weight[g] * primary
+    total = np.bincount(f, weights=weights, minlength=n)
+    mean = np.bincount(f, weights=weights * duration, minlength=n)
+    fallback = np.bincount(f, weights=duration, minlength=n) / np.maximum(
+        np.bincount(f, minlength=n), 1)
+    mean_duration = np.where(total > 0, mean / np.where(total > 0, total, 1.0), fallback)
+    return slo_safe_loads(ft.slots, ft.capacity, mean_duration, pair_factory=f, slack=slack,
+                          miss_target=options.slo_miss_target)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from tdn.domain import AdminState, FactoryState, Health, Site, Tier
 from tdn.policy import BackupDomain
 from tdn.topology.eligibility import Check, saturated
-from tdn.topology.estimates import DEFAULT_ITL_S
+from tdn.topology.estimates import DEFAULT_ITL_S, effective_slots, idle_trust
 from tdn.topology.options import SolveOptions
 
 Floats = npt.NDArray[np.float64]
@@ -51,15 +51,20 @@ class FactoryTable:
     cordoned: Bools
     saturated: Bools
     ttft_observed: Floats
+    # How far an observed TTFT above the default is believed (estimates.idle_trust).
+    ttft_trust: Floats
     itl: Floats
-    waiting: Floats
     max_concurrency: Floats
+    # The concurrency planned on (estimates.effective_slots): declared, unless telemetry shows
+    # the factory runs fewer.
+    slots: Floats
     input_price: Floats
     output_price: Floats
     gco2_per_mtok: Floats
     energy_cost_per_mtok: Floats
     tier_factor: Floats
-    # Plannable concurrency and output tokens/s after headroom; tokens 0 means undeclared.
+    # Plannable concurrency (of ``slots``) and output tokens/s after headroom; tokens 0 means
+    # undeclared.
     capacity: Floats
     token_capacity: Floats
     by_model: Mapping[str, Ints]
@@ -82,7 +87,10 @@ def _health_code(state: FactoryState) -> int:
 
 
 def factory_table(factories: Sequence[FactoryState], site_index: Mapping[str, int],
-                  options: SolveOptions) -> FactoryTable:
+                  options: SolveOptions, planned: Mapping[str, float] | None = None,
+                  ) -> FactoryTable:
+    """The factories as arrays; ``planned``: the previous plan's in-flight requests per factory
+    (:func:`~tdn.topology.estimates.planned_loads`)."""
     by_id: dict[str, FactoryState] = {}
     for f in factories:
         if f.spec.id in by_id:
@@ -105,6 +113,7 @@ def factory_table(factories: Sequence[FactoryState], site_index: Mapping[str, in
 
     keep = 1.0 - options.capacity_headroom
     max_conc = floats([s.max_concurrency for s in specs])
+    slots = floats([effective_slots(s) for s in states])
     return FactoryTable(
         states=states,
         index={s.id: i for i, s in enumerate(specs)},
@@ -115,18 +124,21 @@ def factory_table(factories: Sequence[FactoryState], site_index: Mapping[str, in
         health=np.fromiter((_health_code(s) for s in states), dtype=np.int64, count=n),
         cordoned=np.fromiter((s.admin is AdminState.CORDONED for s in states), dtype=np.bool_,
                              count=n),
-        saturated=np.fromiter((saturated(s) for s in states), dtype=np.bool_, count=n),
+        saturated=np.fromiter((saturated(s, (planned or {}).get(s.spec.id, 0.0))
+                               for s in states), dtype=np.bool_, count=n),
         ttft_observed=floats([s.load.ttft_p50_s for s in states]),
+        ttft_trust=floats([idle_trust(s, (planned or {}).get(s.spec.id, 0.0))
+                           for s in states]),
         itl=floats([s.load.itl_p50_s if s.load.itl_p50_s > 0 else DEFAULT_ITL_S
                     for s in states]),
-        waiting=floats([s.load.waiting for s in states]),
         max_concurrency=max_conc,
+        slots=slots,
         input_price=floats([s.price.input_per_mtok for s in specs]),
         output_price=floats([s.price.output_per_mtok for s in specs]),
         gco2_per_mtok=floats([s.energy.gco2_per_mtok() for s in specs]),
         energy_cost_per_mtok=floats([s.energy.energy_cost_per_mtok() for s in specs]),
         tier_factor=floats([options.tier_factor(s.tier) for s in specs]),
-        capacity=max_conc * keep,
+        capacity=slots * keep,
         token_capacity=floats([s.max_output_tokens_per_second for s in specs]) * keep,
         by_model={m: np.asarray(ix, dtype=np.int64) for m, ix in models.items()},
     )

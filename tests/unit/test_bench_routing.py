@@ -10,10 +10,10 @@ import pytest
 
 from bench.routing_routers import Baseline, LiteLlm, baselines
 from bench.routing_sim import Failure, Req, Simulation, percentile, summarise
-from bench.routing_tdn import SmoothWeightedRoundRobin, TdnRouter
+from bench.routing_tdn import SidecarModel, TdnRouter
 from bench.routing_topology import SITES, Topology, build_topology
 from bench.routing_trace import DataMissing, GridMonth, diurnal, load_trace, shared_data_dir
-from tdn.domain import WeightedFactory
+from tdn.domain import FactoryEndpoint, Route, SitePolicy, Tier, WeightedFactory
 
 GRID = {c: GridMonth(c, "2023-11", g, 80.0)
         for c, g in (("SWE", 26.0), ("FRA", 43.0), ("DEU", 403.0), ("POL", 742.0))}
@@ -137,6 +137,37 @@ def test_a_factory_dying_mid_stream_breaks_that_stream_but_retries_queued_work()
     assert summary.errors == f.slots and summary.requests == len(done)
 
 
+class WithDeadline(Fixed):
+    """Fixed order, with a first-byte deadline per attempt, as TDN's sidecar has."""
+
+    def __init__(self, order: list[str], deadline_s: float) -> None:
+        super().__init__(order)
+        self.deadline_s = deadline_s
+        self.missed: list[str] = []
+
+    def deadline(self, r: Req, factory_id: str) -> float:
+        return self.deadline_s
+
+    def on_deadline(self, r: Req, factory_id: str, now: float) -> None:
+        self.missed.append(factory_id)
+
+
+def test_a_request_queued_past_its_first_byte_deadline_moves_on_and_frees_its_place() -> None:
+    topo = topology()
+    f = topo.by_id["edge-de-1"]
+    # Every slot busy for a long time; one more request queues behind them.
+    reqs = [req(i, 0.0, output=1000) for i in range(f.slots)] + [req(f.slots, 0.1)]
+    router = WithDeadline(["edge-de-1", "edge-de-2"], deadline_s=1.0)
+    done = Simulation(topo, reqs, router).run()
+    late = done[-1]
+    assert late.status == "ok" and late.factory == "edge-de-2"
+    assert late.tried == ["edge-de-1", "edge-de-2"] and router.missed == ["edge-de-1"]
+    # It waited out the deadline, then went to the other factory.
+    expected = 1.0 + topo.rtt_s("de-berlin", "edge-de-2") + f.prefill_s(1000)
+    assert late.ttft == pytest.approx(expected)
+    assert all(r.factory == "edge-de-1" for r in done[:-1])  # those that started stay
+
+
 def test_percentile_is_nearest_rank() -> None:
     values = sorted(float(i) for i in range(1, 101))
     assert percentile(values, 50) == 50.0
@@ -225,11 +256,25 @@ def test_litellm_cools_down_a_deployment_failing_most_of_five_requests() -> None
     assert router.choose(req(9, 7.0), 7.0) == "center-se-1"
 
 
-def test_smooth_weighted_round_robin_spreads_by_weight() -> None:
-    swrr = SmoothWeightedRoundRobin([WeightedFactory("a", 0.75), WeightedFactory("b", 0.25)])
-    picks = [swrr.pick() for _ in range(8)]
-    assert picks.count("a") == 6 and picks.count("b") == 2
-    assert picks[:4].count("b") == 1  # interleaved, not bursty
+def test_tdn_sidecar_sends_an_ejected_primarys_share_to_the_backup_as_the_balancer_does() -> None:
+    # dataplane/balancer.py: the weighted pick, then the backup levels, then the other
+    # primaries. So with "a" ejected its half goes to the backup "c", and "b" keeps its half.
+    endpoints = tuple(FactoryEndpoint(fid, Tier.CENTER, "se", domain, f"http://{fid}/v1")
+                      for fid, domain in (("a", "se/a"), ("b", "se/b"), ("c", "fr/a")))
+    route = Route("llama-3.1-70b-instruct", "chat",
+                  primary=(WeightedFactory("a", 0.5), WeightedFactory("b", 0.5)),
+                  backups=((WeightedFactory("c", 1.0),),))
+    sidecar = SidecarModel()
+    sidecar.set_policy(SitePolicy("de-berlin", "1", endpoints, (route,)))
+    sidecar.eject("a", 0.0)
+    picks = [sidecar.choose(req(i, 1.0), 1.0) for i in range(8)]
+    assert picks.count("b") == 4 and picks.count("c") == 4
+    # A request whose attempt at "b" failed moves on to the backup, another failure domain.
+    retried = req(99, 2.0)
+    first = sidecar.choose(retried, 2.0)
+    assert first is not None
+    retried.tried.append(first)
+    assert sidecar.choose(retried, 2.0) == ("c" if first == "b" else "b")
 
 
 def test_tdn_routes_every_group_by_a_real_solve_and_fails_over_without_one() -> None:

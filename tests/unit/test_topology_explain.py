@@ -139,3 +139,18 @@ def test_an_unknown_class_is_explained_with_the_route_sidecars_would_use() -> No
 def _inputs_and_plan() -> tuple[SolveInputs, Plan]:
     result = solve_detailed(FACTORIES, [FRA], DEMAND, policy=POLICY)
     return result.inputs, result.plan
+
+
+def test_each_primary_shows_its_planned_load_against_its_slo_safe_load() -> None:
+    answer = explained()
+    result = solve_detailed(FACTORIES, [FRA], DEMAND, policy=POLICY)
+    problem = build_problem(FACTORIES, [FRA], DEMAND, None, result.inputs.options,
+                            policy=POLICY)
+    j = next(j for j in problem.pairs(0) if problem.factories.id(int(problem.factory[j]))
+             == "cheap")
+    safe = float(problem.slo_safe_load[j])
+    # 1 rps of 0.3 s + 200 x 20 ms = 4.3 s requests: 4.3 in flight, far below what 50 slots
+    # carry within a 2 s SLO (and below the 40 the headroom leaves).
+    assert 30.0 < safe <= 40.0
+    assert (f"cheap: 4.3 in flight planned, SLO-safe for this class up to {safe:.1f} of 50 "
+            "slots") in answer.notes

@@ -67,7 +67,7 @@ def test_a_route_emptied_because_telemetry_went_dark_keeps_its_factories() -> No
 def test_unhealthy_and_full_factories_are_held_too() -> None:
     healthy = [factory("a"), factory("b")]
     down = [dataclasses.replace(healthy[0], health=Health.UNHEALTHY),
-            dataclasses.replace(healthy[1], load=FactoryLoad(running=64, waiting=9))]
+            dataclasses.replace(healthy[1], load=FactoryLoad(running=64, waiting=64))]
     first, second = two_plans(healthy, down)
     held, keys = hold_lost_routes(second, first, down, SITES, DEMANDS)
     assert keys and routed(held) == {"a", "b"}
