@@ -14,6 +14,7 @@ is shared. Default run: a few minutes; ``--quick``: about one.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,9 @@ def run(quick: bool) -> str:
         rounds = 3
     solves: dict[tuple[int, int], list[dict[str, object]]] = {}
     failed: dict[tuple[int, int], str] = {}
+    # The machine is shared: its load beside the figures says how far wall time is to be
+    # trusted (CPU seconds are this solve's own).
+    loads = [os.getloadavg()]
     for r in range(rounds):
         for size in sizes:
             if size in failed:
@@ -77,6 +81,7 @@ def run(quick: bool) -> str:
             else:
                 solves.setdefault(size, []).append(out)
         log(f"round {r + 1}/{rounds} done")
+    loads.append(os.getloadavg())
     gaps: dict[tuple[int, int], dict[str, object] | str] = {}
     for size in sizes:
         if size[0] * size[1] > OPTIMUM_MAX_PAIRS:
@@ -87,7 +92,8 @@ def run(quick: bool) -> str:
                               "--mode", "optimum", "--time-limit", str(OPTIMUM_LIMIT_S)],
                              OPTIMUM_LIMIT_S * 3)
         log(f"optimum {size[0]}x{size[1]} done")
-    text = report(sizes, solves, failed, gaps, rounds=rounds, quick=quick)
+    loads.append(os.getloadavg())
+    text = report(sizes, solves, failed, gaps, rounds=rounds, quick=quick, loads=loads)
     print(text, flush=True)
     return text
 
@@ -99,7 +105,7 @@ def _med(values: list[dict[str, object]], key: str) -> float:
 def report(sizes: list[tuple[int, int]], solves: dict[tuple[int, int], list[dict[str, object]]],
            failed: dict[tuple[int, int], str],
            gaps: dict[tuple[int, int], dict[str, object] | str], *, rounds: int,
-           quick: bool) -> str:
+           quick: bool, loads: list[tuple[float, float, float]] | None = None) -> str:
     fmt: Callable[[float], str] = lambda x: f"{x:.3f}" if x < 10 else f"{x:.1f}"  # noqa: E731
     lines = [
         "Command: `python -m bench scale" + (" --quick`" if quick else "`") +
@@ -108,12 +114,22 @@ def report(sizes: list[tuple[int, int]], solves: dict[tuple[int, int], list[dict
         "included). Instances: regions of 25 factories in two compliance zones, each factory "
         "serving 3 of 10 models, demand groups = sites x 10 models x 2 classes, fleet sized "
         "for ~60% load. Memory: peak RSS of the solving process above its RSS before the "
-        "solve. Greedy gap: `greedy()` against `solve()` with a "
-        f"{OPTIMUM_LIMIT_S:.0f} s limit, both valued by the LP objective.",
+        "solve. Greedy gap: `greedy()` (the fallback as the solver runs it, refined for at "
+        "most one more time limit) against `solve()` with a "
+        f"{OPTIMUM_LIMIT_S:.0f} s limit, both valued by the LP objective (price, latency, "
+        "carbon, energy, queueing and the unserved penalty).",
         "",
+    ]
+    if loads:
+        spans = ("at the start", "after the solves", "at the end")
+        lines += ["Load average (1, 5, 15 min) " + "; ".join(
+            f"{when}: {a:.2f}, {b:.2f}, {c:.2f}" for when, (a, b, c) in zip(spans, loads,
+                                                                          strict=False))
+            + " — on 2 shared cores, wall time above CPU time is other people's work.", ""]
+    lines += [
         "| factories | groups | wall s | CPU s | status | peak memory (MiB) | greedy gap to LP "
-        "optimum | LP optimum took (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "optimum | greedy took (s) | LP optimum took (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for size in sizes:
         gap = gaps.get(size)
@@ -126,26 +142,29 @@ def report(sizes: list[tuple[int, int]], solves: dict[tuple[int, int], list[dict
                 gap_text += (f" (greedy leaves {stranded}{'+' if stranded >= 10 else ''} groups "
                              f"partly unserved, LP {gap.get('lp_unserved', 0)})")
             took = fmt(float(str(gap["lp_s"])))
+            greedy_took = fmt(float(str(gap["greedy_s"])))
         else:
-            gap_text, took = (gap or "—"), "—"
+            gap_text, took, greedy_took = (gap or "—"), "—", "—"
         if size in solves:
             runs = solves[size]
             statuses = sorted({str(x["status"]) for x in runs})
             lines.append(f"| {size[0]:,} | {size[1]:,} | {fmt(_med(runs, 'seconds'))} | "
                          f"{fmt(_med(runs, 'cpu_s'))} | {', '.join(statuses)} | "
-                         f"{_med(runs, 'peak_mib'):.0f} | {gap_text} | {took} |")
+                         f"{_med(runs, 'peak_mib'):.0f} | {gap_text} | {greedy_took} | {took} |")
         else:
             lines.append(f"| {size[0]:,} | {size[1]:,} | {failed.get(size, '—')} | — | — | — "
-                         f"| {gap_text} | {took} |")
+                         f"| {gap_text} | {greedy_took} | {took} |")
     lines.append("")
     if GOAL in solves:
         runs = solves[GOAL]
         wall, cpu = _med(runs, "seconds"), _med(runs, "cpu_s")
         statuses = sorted({str(x["status"]) for x in runs})
         ok = wall <= 1.0 and all(s in ("optimal", "feasible") for s in statuses)
+        cpu_ok = cpu <= 1.0 and all(s in ("optimal", "feasible") for s in statuses)
+        verdict = "met" if ok else ("missed on wall time, met on CPU time" if cpu_ok
+                                    else "missed")
         lines.append(f"Goal 1,000 factories x 2,000 groups ≤ 1 s: {wall:.2f} s wall "
-                     f"({cpu:.2f} s CPU), status {', '.join(statuses)} — "
-                     f"**{'met' if ok else 'missed'}**.")
+                     f"({cpu:.2f} s CPU), status {', '.join(statuses)} — **{verdict}**.")
     measured = {s: g for s, g in gaps.items() if isinstance(g, dict)}
     if measured:
         worst = max(float(str(g["gap"])) for g in measured.values())

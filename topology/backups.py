@@ -23,8 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tdn.domain import WeightedFactory
 from tdn.topology.problem import Problem
@@ -142,21 +145,36 @@ class BackupPlanner:
         backup = np.flatnonzero(problem.backup_capable)
         position = np.full(len(problem.group), -1, dtype=np.int64)
         position[backup] = np.arange(len(backup))
-        self.primaries = [{int(position[j]): w for j, w in primary.items()}
+        at_position: list[int] = position.tolist()
+        self.primaries = [{at_position[j]: w for j, w in primary.items()}
                           for primary in primaries]
-        f = problem.factory[backup]
-        self.factory = f.tolist()
-        self.domain = ft.domain[f].tolist()
-        self.region = ft.region[f].tolist()
-        self.cordoned = ft.cordoned[f].tolist()
-        self.cost = problem.cost[backup].tolist()
-        self.duration = problem.duration[backup].tolist()
-        self.rate = problem.rate.tolist()
-        self.ids = [s.spec.id for s in ft.states]
-        self.max_concurrency = ft.max_concurrency.tolist()
         edges = np.searchsorted(problem.group[backup], np.arange(problem.group_count + 1))
         cut = edges.tolist()
         self.pool = [range(cut[g], cut[g + 1]) for g in range(problem.group_count)]
+        # Only each group's primaries and its cheapest other candidates (its pool, below) are
+        # ever looked at: at a thousand factories that is a tenth of the pairs.
+        needed = np.zeros(len(backup), dtype=np.bool_)
+        window = np.minimum(np.diff(edges), _POOL + np.fromiter(
+            (len(p) for p in primaries), dtype=np.int64, count=problem.group_count))
+        first = np.repeat(edges[:-1] - np.cumsum(window) + window, window)
+        needed[first + np.arange(len(first))] = True
+        needed[[j for primary in self.primaries for j in primary]] = True
+        keep = np.flatnonzero(needed)
+        at = keep.tolist()
+        f = problem.factory[backup[keep]]
+
+        def by_position(values: npt.NDArray[Any]) -> dict[int, Any]:
+            return dict(zip(at, values.tolist(), strict=True))
+
+        self.factory: Mapping[int, int] = by_position(f)
+        self.domain: Mapping[int, int] = by_position(ft.domain[f])
+        self.region: Mapping[int, int] = by_position(ft.region[f])
+        self.cordoned: Mapping[int, bool] = by_position(ft.cordoned[f])
+        self.cost: Mapping[int, float] = by_position(problem.cost[backup[keep]])
+        self.duration: Mapping[int, float] = by_position(problem.duration[backup[keep]])
+        self.rate = problem.rate.tolist()
+        self.ids = [s.spec.id for s in ft.states]
+        self.max_concurrency = ft.max_concurrency.tolist()
         self.ledger = ReserveLedger(spare_capacity(problem, primaries))
         self.records: dict[int, _Record] = {}
 
@@ -249,7 +267,7 @@ class BackupPlanner:
         used_regions = {self.region[j] for j in primary}
         # The cheapest candidates are where failover should go, and a bounded pool keeps the
         # per-group work constant however many factories serve the model.
-        pool = [j for j in self.pool[g] if j not in primary][:_POOL]
+        pool = list(islice((j for j in self.pool[g] if j not in primary), _POOL))
         factory_events = [(self.factory[j], w) for j, w in primary.items()]
         pending: dict[int, float] = {}  # region losses not yet caught by a level
         for j, w in primary.items():
@@ -257,13 +275,21 @@ class BackupPlanner:
         record = _Record(has_primary=bool(primary))
         levels: list[tuple[WeightedFactory, ...]] = []
         by_domain: dict[int, list[int]] = {}
-        for j in pool:  # pool is cheapest first, so each domain's first member is its best
-            by_domain.setdefault(self.domain[j], []).append(j)
         names = self.p.factories.domains
         # What ranks a domain apart from what earlier levels used: (region, all cordoned,
         # cheapest cost, name), computed once per group.
-        fixed = {d: (self.region[m[0]], all(self.cordoned[j] for j in m), self.cost[m[0]],
-                     names[d]) for d, m in by_domain.items()}
+        fixed: dict[int, tuple[int, bool, float, str]] = {}
+        domain_of, region_of, cordoned_of = self.domain, self.region, self.cordoned
+        for j in pool:  # pool is cheapest first, so each domain's first member is its best
+            d = domain_of[j]
+            members = by_domain.get(d)
+            if members is None:
+                by_domain[d] = [j]
+                fixed[d] = (region_of[j], cordoned_of[j], self.cost[j], names[d])
+            else:
+                members.append(j)
+                if not cordoned_of[j] and fixed[d][1]:
+                    fixed[d] = (fixed[d][0], False, *fixed[d][2:])
         while by_domain and len(levels) < depth:
             first = not levels
             f_events = factory_events if first else []
@@ -272,7 +298,9 @@ class BackupPlanner:
                 region, cordoned, cost, name = fixed[d]
                 return (d in used_domains, region in used_regions, cordoned, cost, name)
 
-            ranked = sorted(by_domain, key=static)
+            ranked = [key[-1] for key in sorted(
+                (d in used_domains, f[0] in used_regions, f[1], f[2], f[3], d)
+                for d, f in fixed.items() if d in by_domain)]
             best: tuple[tuple[object, ...], _Judged] | None = None
             for d in ranked[:_DOMAINS_TRIED]:
                 if (best is not None and (best[1].fits_factory or not first)
@@ -327,7 +355,37 @@ class BackupPlanner:
         record.has_backup = bool(levels)
         record.uncaught = tuple(sorted(pending))
         self.records[g] = record
+        self.ledger.commit(self._last_resort(g, primary, caught_factory=bool(levels),
+                                             uncaught=record.uncaught))
         return tuple(levels)
+
+    def _last_resort(self, g: int, primary: Mapping[int, float], *, caught_factory: bool,
+                     uncaught: Sequence[int]) -> Additions:
+        """Where a failure no backup level catches sends the group's share: to its live other
+        primaries, by weight (as sidecars do, and :mod:`.failover` replays). Nobody reserved
+        that room, so it never protects this group; but it is load in that event all the same,
+        and a group that was promised the same room must not count on it."""
+        additions: Additions = {}
+        rate = self.rate[g]
+
+        def spread(event: int, share: float, live: Sequence[tuple[int, float]]) -> None:
+            total = sum(w for _, w in live)
+            if total <= 0:
+                return
+            for j, w in live:
+                key = (event, self.factory[j])
+                additions[key] = additions.get(key, 0.0) + (
+                    share * w / total * rate * self.duration[j])
+
+        if not caught_factory:
+            for j, w in primary.items():
+                spread(self.factory[j], w, [(o, v) for o, v in primary.items()
+                                            if o != j and v > 0])
+        for region in uncaught:
+            lost = sum(w for j, w in primary.items() if self.region[j] == region)
+            spread(self.ledger.region_event(region), lost,
+                   [(o, v) for o, v in primary.items() if self.region[o] != region and v > 0])
+        return additions
 
     def protection(self, g: int) -> Protection:
         """Whether group ``g``'s backups absorb a loss, judged once every group's failover is

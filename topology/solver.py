@@ -15,7 +15,8 @@ Plan.status grammar: a head, then optional notes each after "; ".
          | "factory loss not absorbed for <n>/<m> groups (<group>: <why>, ...)"
          | "region loss not absorbed for <n>/<m> groups (<group>: <why>, ...)"
 A solver failure never raises: when GLOP fails, times out or raises, the greedy assignment
-(marginal-cost water-filling, refined by re-pouring) is returned with status "fallback:<why>".
+(marginal-cost water-filling, refined by swaps and re-pouring for at most one more time limit)
+is returned with status "fallback:<why>".
 That plan is valid for the *current* state, so it is usually safer than an older optimal plan
 that may route to factories that have since failed; a caller holding a previous plan may still
 prefer to keep it, and should show the fallback status either way.
@@ -104,12 +105,21 @@ def solve_detailed(factories: Sequence[FactoryState], sites: Sequence[Site],
         solution = solve_lp(
             problem, lambda: opts.time_limit_s - (time.perf_counter() - started), seed)
     except LpFailed as exc:
-        solution = assign_greedily(problem, f"fallback:{exc.reason}")
+        solution = _fallback(problem, f"fallback:{exc.reason}")
     except Exception as exc:
         # The plan must still come out; the status carries the error so it is seen, not hidden.
-        solution = assign_greedily(
-            problem, f"fallback:lp raised {type(exc).__name__}: {exc}")
+        solution = _fallback(problem, f"fallback:lp raised {type(exc).__name__}: {exc}")
     return _result(problem, solution, inputs, version, started)
+
+
+def _fallback(problem: Problem, status: str) -> Solution:
+    """The greedy plan, refined for at most one more time limit: a fallback that arrives long
+    after the LP was given up on helps nobody (the cheapest assignment found by then stands;
+    on a network small enough to refine within it, the same input gives the same plan)."""
+    started = time.perf_counter()
+    limit = problem.options.time_limit_s
+    return assign_greedily(problem, status,
+                           seconds_left=lambda: limit - (time.perf_counter() - started))
 
 
 def solve(factories: Sequence[FactoryState], sites: Sequence[Site], demands: Sequence[Demand],
@@ -132,7 +142,7 @@ def greedy(factories: Sequence[FactoryState], sites: Sequence[Site], demands: Se
     rules = policy or DEFAULT_POLICY
     inputs = SolveInputs(tuple(factories), tuple(sites), tuple(demands), opts, rules, previous)
     problem = build_problem(factories, sites, demands, previous, opts, policy=rules)
-    solution = assign_greedily(problem, f"fallback:{reason}")
+    solution = _fallback(problem, f"fallback:{reason}")
     return _result(problem, solution, inputs, version, started).plan
 
 

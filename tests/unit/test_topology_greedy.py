@@ -1,0 +1,148 @@
+"""The greedy fallback: what it may never do (plan past capacity, route outside a group's
+eligible factories, lose or invent demand) on generated networks, and the cases where pouring
+in order goes wrong and the swaps put it right, as the LP would."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from tdn.domain import Demand, FactoryLoad, FactorySpec, FactoryState, Health, Price, Site, Tier
+from tdn.topology.greedy import _pour, _refine, assign_greedily
+from tdn.topology.lp import solve_lp
+from tdn.topology.problem import Problem, build_problem, objective_value
+from tdn.topology.solver import SolveOptions, greedy, solve
+
+TIMING = FactoryLoad(ttft_p50_s=0.5, itl_p50_s=0.0225)
+# No queueing cost: a pure transport problem, whose optimum is easy to state by hand.
+CAPACITY_ONLY = SolveOptions(queueing_steepness=0.0)
+
+
+def factory(fid: str, price: float, *, max_concurrency: int, region: str = "eu-west",
+            zone: str = "eu", models: tuple[str, ...] = ("m",)) -> FactoryState:
+    spec = FactorySpec(id=fid, tier=Tier.EDGE, region=region, compliance_zone=zone,
+                       endpoint=f"http://{fid}.test/v1", models=models,
+                       price=Price(price, price), max_concurrency=max_concurrency)
+    return FactoryState(spec=spec, load=TIMING, health=Health.HEALTHY)
+
+
+def demand(site: str, rate: float, *, output_tokens: float = 200.0, model: str = "m"
+           ) -> Demand:
+    return Demand(site=site, model=model, rate_rps=rate, prompt_tokens=1000.0,
+                  output_tokens=output_tokens, ttft_slo_s=60.0)
+
+
+def generated(seed: int) -> tuple[list[FactoryState], list[Site], list[Demand]]:
+    """A random network, loaded from half to twice its capacity so that some runs strand
+    demand: three regions in two zones, factories serving some of three models."""
+    rng = random.Random(seed)
+    regions = {"eu-west": "eu", "eu-north": "eu", "us-east": "us"}
+    sites = [Site(f"s{i}", region, zone,
+                  rtt_ms=tuple((r, rng.uniform(2.0, 120.0)) for r in regions))
+             for i, (region, zone) in enumerate(list(regions.items()) * 2)]
+    factories = []
+    for i in range(rng.randint(3, 12)):
+        region = rng.choice(sorted(regions))
+        models = tuple(sorted(rng.sample(["a", "b", "c"], rng.randint(1, 3))))
+        factories.append(factory(f"f{i:02d}", rng.uniform(0.1, 2.0),
+                                 max_concurrency=rng.randint(4, 60), region=region,
+                                 zone=regions[region], models=models))
+    demands = [demand(s.id, rng.uniform(0.0, 4.0) * rng.choice([0.5, 1.0, 2.0]),
+                      output_tokens=rng.choice([50.0, 200.0, 600.0]), model=m)
+               for s in sites for m in ["a", "b", "c"] if rng.random() < 0.7]
+    return factories, sites, demands
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_greedy_never_plans_past_capacity_nor_outside_a_groups_eligible_factories(
+        seed: int) -> None:
+    factories, sites, demands = generated(seed)
+    problem = build_problem(factories, sites, demands, None, SolveOptions())
+    solution = assign_greedily(problem, "fallback:test")
+    x, unserved = solution.x, solution.unserved
+    assert np.all(x[~problem.primary] == 0.0), "a share on a factory the group may not use"
+    assert np.all(x >= 0.0) and np.all((unserved >= 0.0) & (unserved <= 1.0 + 1e-9))
+    served = np.bincount(problem.group, weights=x, minlength=problem.group_count)
+    np.testing.assert_allclose(served + unserved, 1.0, atol=1e-9)
+    load = np.bincount(problem.factory, weights=problem.concurrency * x,
+                       minlength=len(problem.factories))
+    assert np.all(load <= problem.factories.capacity + 1e-6)
+    assert solution.objective == pytest.approx(objective_value(problem, x, unserved))
+
+
+def _two_sites_one_cheap_factory() -> tuple[Problem, list[FactoryState], list[Site],
+                                             list[Demand]]:
+    """"near" is as close to both regions; "far" is 900 ms from the big factory's region, so a
+    slot of the small cheap factory saves "far" much more than it saves "near"."""
+    sites = [Site("near", "eu-west", "eu", rtt_ms=(("eu-west", 5.0), ("eu-north", 5.0))),
+             Site("far", "eu-west", "eu", rtt_ms=(("eu-west", 5.0), ("eu-north", 900.0)))]
+    factories = [factory("cheap", 0.1, max_concurrency=15),
+                 factory("big", 0.2, max_concurrency=400, region="eu-north")]
+    demands = [demand("near", 4.0), demand("far", 4.0)]
+    return build_problem(factories, sites, demands, None, CAPACITY_ONLY), factories, sites, \
+        demands
+
+
+def _share(problem: Problem, x: np.ndarray, site: str, fid: str) -> float:
+    g = problem.keys.index((site, "m", "default"))
+    return float(sum(x[j] for j in problem.pairs(g)
+                     if problem.factories.id(int(problem.factory[j])) == fid))
+
+
+def test_a_swap_gives_a_full_factory_to_the_group_that_saves_most_per_slot_there() -> None:
+    problem, *_ = _two_sites_one_cheap_factory()
+    near = problem.keys.index(("near", "m", "default"))
+    far = problem.keys.index(("far", "m", "default"))
+    # Poured in the wrong order, "near" takes the whole cheap factory and "far" goes north.
+    filler, order = _pour(problem, [near, far])
+    poured = filler.solution("x")
+    assert _share(problem, poured.x, "near", "cheap") > 0.5
+    assert _share(problem, poured.x, "far", "cheap") == 0.0
+    refined = _refine(filler, order, 5, "x")
+    optimum = solve_lp(problem, lambda: 10.0)
+    assert _share(problem, refined.x, "far", "cheap") == pytest.approx(
+        _share(problem, optimum.x, "far", "cheap"))
+    assert _share(problem, refined.x, "near", "cheap") == pytest.approx(0.0, abs=1e-9)
+    assert refined.objective == pytest.approx(optimum.objective)
+    assert refined.objective < poured.objective
+
+
+def test_greedy_and_lp_agree_on_who_gets_a_contended_cheap_factory() -> None:
+    _, factories, sites, demands = _two_sites_one_cheap_factory()
+    fallback = greedy(factories, sites, demands, options=CAPACITY_ONLY)
+    optimum = solve(factories, sites, demands, options=CAPACITY_ONLY)
+    assert fallback.routes == optimum.routes
+    assert fallback.objective == pytest.approx(optimum.objective)
+
+
+def test_the_group_stranded_is_the_one_whose_requests_are_worth_least_per_slot() -> None:
+    # One factory, room for 12 requests in flight; each group alone would fill it. Long
+    # answers hold a slot eight times as long for the same unserved penalty per request, so
+    # the LP serves the short ones first, whatever order the groups come in.
+    sites = [Site("a-long", "eu-west", "eu", rtt_ms=(("eu-west", 5.0),)),
+             Site("b-short", "eu-west", "eu", rtt_ms=(("eu-west", 5.0),))]
+    factories = [factory("only", 0.5, max_concurrency=15)]
+    demands = [demand("a-long", 4.0, output_tokens=800.0),
+               demand("b-short", 4.0, output_tokens=100.0)]
+    fallback = greedy(factories, sites, demands, options=CAPACITY_ONLY)
+    optimum = solve(factories, sites, demands, options=CAPACITY_ONLY)
+    assert optimum.status.startswith("optimal")
+    unserved = [n for n in optimum.status.split("; ") if n.startswith("unserved")]
+    assert unserved and all("a-long" in n for n in unserved)
+    assert [n for n in fallback.status.split("; ") if n.startswith("unserved")] == unserved
+    assert fallback.objective == pytest.approx(optimum.objective, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_greedy_is_never_cheaper_than_the_lp_optimum_and_the_same_input_gives_the_same_plan(
+        seed: int) -> None:
+    factories, sites, demands = generated(seed)
+    optimum = solve(factories, sites, demands)
+    first = greedy(factories, sites, demands)
+    again = greedy(list(reversed(factories)), sites, list(reversed(demands)))
+    assert (first.routes, first.status, first.objective) == (
+        again.routes, again.status, again.objective)
+    if optimum.status.startswith("optimal"):
+        assert first.objective >= optimum.objective * (1 - 1e-6) - 1e-6
