@@ -34,11 +34,13 @@ from bench.dataplane_procs import (
     BenchSetupError,
     Proc,
     cpu_count,
+    cpu_seconds,
     free_port,
     haproxy_available,
     haproxy_version,
     litellm_version,
     pinned,
+    process_tree,
     python_module,
     wait_ready,
     wrk_available,
@@ -336,21 +338,40 @@ def workers_section(backends: Backends, work: Path, budget: Budget,
             started.append((n, start_tdn(backends.network, work, None, workers=n,
                                          name=f"tdn-w{n}")))
         runs: dict[int, list[tuple[WrkResult, float]]] = {}
+        # Per run, the busiest worker's share of the workers' CPU: SO_REUSEPORT spreads
+        # connections by hash, and an even spread is what makes the workers worth having.
+        busiest: dict[int, list[float]] = {}
         for r in range(budget.rounds):
             for n, t in started:
+                assert t.proc is not None
+                workers = [p for p in process_tree(t.proc.pid) if p != t.proc.pid]
+                before = {p: cpu_seconds(p) for p in workers}
                 runs.setdefault(n, []).append(
                     _cpu_run(t, [chat_body("bench-d0")], 64, budget.cpu_s, load_cpu=None))
+                spent = [cpu_seconds(p) - before[p] for p in workers]
+                if len(spent) > 1 and sum(spent) > 0:
+                    busiest.setdefault(n, []).append(max(spent) / sum(spent))
             log(f"workers round {r + 1}/{budget.rounds} done")
     finally:
         stop_all([t for _, t in started])
     base = _median([w.rps for w, _ in runs[counts[0]]])
+    base_per_core = _median([w.rps / (cpu / w.duration_s) for w, cpu in runs[counts[0]] if cpu])
     out += [f"Unpinned (all {cpu_count()} cores shared by the workers, wrk and the upstream), "
-            "c=64, 0 ms upstream.", "",
-            "| workers | req/s | x 1 worker | cores used by the sidecar |", "|---|---|---|---|"]
+            "c=64, 0 ms upstream. *req/s per sidecar core* is throughput over the cores the "
+            "sidecar's processes actually got: flat as workers are added means the sidecar "
+            "scales with the CPU it is given, and what is left of the machine (wrk, the "
+            "upstream, other work) bounds the rest. "
+            "*Busiest worker* is the largest share of the workers' CPU one worker took (an "
+            "even spread of connections by SO_REUSEPORT: 1/N).", "",
+            "| workers | req/s | x 1 worker | cores used by the sidecar | req/s per sidecar core "
+            "| x 1 worker | busiest worker |", "|---|---|---|---|---|---|---|"]
     for n in counts:
         rps = _median([w.rps for w, _ in runs[n]])
         util = _median([cpu / w.duration_s for w, cpu in runs[n]])
-        out.append(f"| {n} | {rps:,.0f} | {_ratio(rps, base)} | {util:.2f} |")
+        per_core = _median([w.rps / (cpu / w.duration_s) for w, cpu in runs[n] if cpu])
+        share = f"{_median(busiest[n]):.0%}" if busiest.get(n) else "—"
+        out.append(f"| {n} | {rps:,.0f} | {_ratio(rps, base)} | {util:.2f} | {per_core:,.0f} "
+                   f"| {_ratio(per_core, base_per_core)} | {share} |")
     return [*out, ""]
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aiohttp import web
-
 
 class ApiError(Exception):
     """A request the sidecar refuses or cannot serve, with the HTTP status to answer."""
@@ -31,9 +29,9 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
 
-    def response(self, headers: dict[str, str] | None = None) -> web.Response:
-        merged = {**self.headers, **(headers or {})}
-        return web.json_response(self.body(), status=self.status, headers=merged or None)
+    def json(self) -> bytes:
+        """The body to answer with (see :func:`tdn.dataplane.http_server.error_reply`)."""
+        return json.dumps(self.body()).encode()
 
 
 def invalid_json() -> ApiError:

@@ -91,7 +91,11 @@ def client_limit_s(headers: Mapping[str, str]) -> float | None:
 
     Raises :class:`api_errors.ApiError` (400) for a value that is not a positive whole number.
     """
-    raw = headers.get(CLIENT_HEADER)
+    return parse_client_limit(headers.get(CLIENT_HEADER))
+
+
+def parse_client_limit(raw: str | None) -> float | None:
+    """:func:`client_limit_s` for the header's value (None: not sent)."""
     if raw is None:
         return None
     text = raw.strip()

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from time import perf_counter
-
-import aiohttp
-from aiohttp import web
 
 from tdn.domain import FactoryEndpoint
 
@@ -29,7 +27,7 @@ from . import api_errors, headers, openai_api
 from .access_log import AccessRecord
 from .continuation import continuation_body, estimate_prompt_tokens
 from .credentials import Credentials
-from .deadlines import MAX_IDLE_S, attempt_deadline, client_limit_s, generation_allowance
+from .deadlines import MAX_IDLE_S, attempt_deadline, generation_allowance, parse_client_limit
 from .failover import (
     AllAttemptsFailed,
     AttemptFailure,
@@ -40,6 +38,7 @@ from .failover import (
     RetryTicket,
 )
 from .health import FactoryHealth
+from .http_server import Reply, Request, Responder
 from .metering import Meter, usage_from_body
 from .metrics import SidecarMetrics
 from .outlier import Kind
@@ -49,6 +48,7 @@ from .routing_table import RoutingTable
 from .sse import DONE, Break, StreamScan, StreamTotals, usage_event, usage_tokens
 from .stream_relay import Write, pump
 from .tenants import Tenants
+from .upstream_client import UpstreamPool, UpstreamResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +67,7 @@ class ProxySettings:
 class Shared:
     """What every exchange of one sidecar uses."""
 
-    session: aiohttp.ClientSession
+    pool: UpstreamPool
     credentials: Credentials
     metrics: SidecarMetrics
     health: FactoryHealth
@@ -93,49 +93,49 @@ def _is_context_length(err: ClientError) -> bool:
     return isinstance(message, str) and "maximum context length" in message.lower()
 
 
-def _arm_idle(upstream: aiohttp.ClientResponse, idle_s: float) -> None:
+def _arm_idle(upstream: UpstreamResponse, idle_s: float) -> None:
     """From a stream's commit on, a silence longer than ``idle_s`` breaks it.
 
-    Until the commit the socket's read timeout was at least the first-byte deadline (see
-    ``Exchange._send``), so a slow prefill is judged by the deadline, not the idle timeout. Not
-    armed when the whole stream has arrived already: nothing would ever disarm it.
+    Until the commit the read timeout was at least the first-byte deadline (see
+    ``Exchange._send``), so a slow prefill is judged by the deadline, not the idle timeout.
     """
-    connection = upstream.connection
-    protocol = connection.protocol if connection is not None else None
-    if protocol is None or upstream.content.is_eof():
-        return
-    protocol.read_timeout = idle_s
-    protocol.start_timeout()
+    upstream.read_timeout = idle_s
 
 
 class Exchange:
     """Serves one request; :meth:`run` returns the response or raises ApiError."""
 
-    def __init__(self, shared: Shared, request: web.Request, endpoint: openai_api.Endpoint, *,
+    def __init__(self, shared: Shared, request: Request, responder: Responder,
+                 endpoint: openai_api.Endpoint, client: headers.ClientHeaders, *,
                  record: AccessRecord, clock: OverheadClock, ticket: RetryTicket) -> None:
         self.shared = shared
         self.request = request
+        self.responder = responder
+        self.client = client
         self.endpoint = endpoint
         self.record = record
         self.clock = clock
         self.ticket = ticket
+        self._unmetered: tuple[FactoryEndpoint, bytes] | None = None
+
+    def close(self) -> None:
+        """The request has ended: break the reference cycle with its attempt loop."""
+        loop = getattr(self, "loop", None)
+        if loop is not None:
+            loop.detach()
 
     # --- routing and attempts ------------------------------------------------------------------
 
-    async def run(self, table: RoutingTable | None) -> web.StreamResponse:
+    async def run(self, table: RoutingTable | None) -> Reply | None:
+        """Serve the request: a whole reply to send, or None when a stream was answered."""
         record, clock = self.record, self.clock
-        started = perf_counter()
-        try:
-            raw = await self.request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise api_errors.body_too_large(self.shared.settings.max_body_bytes) from None
-        finally:
-            clock.waiting += perf_counter() - started
-        parsed = openai_api.parse_request(self.endpoint, raw)
+        # The server read the body whole before the request started (and refused one too large).
+        parsed = openai_api.parse_request(self.endpoint, self.request.body)
         self.parsed = parsed
         record.model = parsed.model
         record.streamed = parsed.stream
-        record.traffic_class = headers.traffic_class(self.request.headers)
+        client = self.client
+        record.traffic_class = client.traffic_class
         if table is None:
             record.outcome = "no_policy"
             raise api_errors.no_policy()
@@ -145,17 +145,14 @@ class Exchange:
             record.outcome = "unknown_model"
             raise api_errors.model_not_found(parsed.model)
         self.entry = entry
-        self.client_limit = client_limit_s(self.request.headers)
+        self.client_limit = parse_client_limit(client.first_byte_timeout_ms)
         self.allowance = generation_allowance(parsed.stream or self.endpoint is
                                               openai_api.EMBEDDINGS, parsed.max_tokens)
-        record.tenant = self.shared.tenants.resolve(self.request.headers)
+        record.tenant = self.shared.tenants.tenant_of(client.authorization, client.api_key)
         self.doc = parsed.doc
         self.body = parsed.upstream_body()
-        self.totals = StreamTotals()
-        self.base_headers = headers.upstream_request_headers(
-            self.request.headers.items(), record.request_id, None)
-        if "Content-Type" not in self.base_headers:
-            self.base_headers["Content-Type"] = "application/json"
+        self.totals: StreamTotals | None = None  # made for the first stream (_new_scan)
+        self.base_headers = client.upstream()
         self.loop = AttemptLoop(send=self._send, health=self.shared.health, ticket=self.ticket,
                                 deadline_for=self._deadline, new_scan=self._new_scan,
                                 clock=clock, on_failure=self._on_failure,
@@ -163,21 +160,25 @@ class Exchange:
         result = await self._open()
         record.attempts = self.loop.sent
         record.factory = result.endpoint.id
-        record.tier = result.endpoint.tier.value
+        record.tier = result.endpoint.tier
         if isinstance(result, ClientError):
             record.status = result.status
             record.outcome = "upstream_4xx"
-            response = whole_response(result.status, result.reason, result.headers.items(),
+            response = whole_response(result.status, result.reason, result.headers,
                                       result.body, self._client_headers(result.endpoint))
             self._first_byte(result.endpoint)
             return response
         record.status = result.response.status
         if result.sse:
-            return await self._deliver_stream(result)
+            await self._deliver_stream(result)
+            return None
         return await self._deliver_body(result)
 
     def _new_scan(self) -> StreamScan:
-        return StreamScan(self.totals, client_wants_usage=self.parsed.include_usage,
+        totals = self.totals
+        if totals is None:
+            totals = self.totals = StreamTotals()
+        return StreamScan(totals, client_wants_usage=self.parsed.include_usage,
                           choices=self.parsed.choices,
                           track_text=self.entry.continuation_possible and self.parsed.stream)
 
@@ -187,29 +188,36 @@ class Exchange:
             policy = min(self.entry.deadlines.values(), default=30.0)
         return attempt_deadline(policy, self.allowance, self.client_limit)
 
-    async def _send(self, factory: FactoryEndpoint, body: bytes,
-                    deadline: float) -> aiohttp.ClientResponse:
+    def _send(self, factory: FactoryEndpoint, body: bytes,
+              deadline: float) -> Awaitable[UpstreamResponse]:
+        """Start one attempt (what to await for the answer's head); a plain function so that
+        the request's coroutine chain is one level shorter."""
         up_headers = self.base_headers
         if factory.credential_ref:
             authorization = self.shared.credentials.authorization(factory.credential_ref)
-            if authorization is None:
+            line = None
+            if authorization is not None:
+                try:
+                    line = headers.authorization_line(authorization)
+                except ValueError:
+                    line = None
+            if line is None:
                 raise CandidateUnusable(
                     "no_credential", f"factory {factory.id} needs credential "
-                    f"{factory.credential_ref!r}, which this sidecar does not hold")
-            up_headers = up_headers.copy()
-            up_headers["Authorization"] = authorization
+                    f"{factory.credential_ref!r}, which this sidecar does not hold (or holds "
+                    f"in a form that cannot be sent)")
+            up_headers += line
+        # The URL is the policy's base_url and the endpoint's fixed suffix, nothing else; the
+        # client follows no redirect, so an upstream cannot send the request (and its
+        # credential) anywhere the policy did not name.
+        url = factory.base_url.rstrip("/") + self.endpoint.upstream_suffix
         # Until an answer commits, the first-byte deadline governs: a non-streamed answer is
         # silent until it is whole, a stream until its first output, and the socket may stay
         # quiet that long. A committed stream's silences are bounded by the idle timeout
         # (armed at the commit, see _arm_idle).
-        idle = self.table.idle_timeouts.get(factory.id, MAX_IDLE_S)
-        timeout = self.table.client_timeout(self.shared.settings.connect_timeout_s,
-                                            max(idle, deadline))
-        url = factory.base_url.rstrip("/") + self.endpoint.upstream_suffix
-        # Redirects are not followed: an upstream must not be able to send a request (and its
-        # credential) somewhere the policy did not name.
-        return await self.shared.session.post(url, data=body, headers=up_headers,
-                                              allow_redirects=False, timeout=timeout)
+        read_timeout = max(self.table.idle_timeouts.get(factory.id, MAX_IDLE_S), deadline)
+        return self.shared.pool.request(b"POST", url, up_headers, body, deadline,
+                                        read_timeout=read_timeout)
 
     def _on_failure(self, failure: AttemptFailure) -> None:
         self.shared.metrics.failover(failure.factory_id, failure.tier, self.entry.model,
@@ -283,66 +291,77 @@ class Exchange:
 
     # --- delivery ------------------------------------------------------------------------------
 
-    def _client_headers(self, factory: FactoryEndpoint) -> dict[str, str]:
-        out = {
-            headers.REQUEST_ID: self.record.request_id,
-            headers.FACTORY: factory.id,
-            headers.TIER: factory.tier.value,
-            headers.ATTEMPTS: str(self.loop.sent),
-            headers.OVERHEAD_MS: f"{self.clock.own_s() * 1000.0:.3f}",
-        }
-        if self.record.fallback_model:
-            out[headers.FALLBACK_MODEL] = self.record.fallback_model
-        if self.record.retry_budget_exhausted:
-            out[headers.RETRY_BUDGET] = "exhausted"
+    def _client_headers(self, factory: FactoryEndpoint) -> list[tuple[bytes, bytes]]:
+        record = self.record
+        out = [
+            (b"x-request-id", record.request_id.encode()),
+            (b"x-tdn-factory", factory.id.encode("latin-1", "replace")),
+            (b"x-tdn-tier", factory.tier.encode()),
+            (b"x-tdn-attempts", b"%d" % self.loop.sent),
+            (b"x-tdn-overhead-ms", b"%.3f" % (self.clock.own_s() * 1000.0)),
+        ]
+        if record.fallback_model:
+            out.append((b"x-tdn-fallback-model",
+                        record.fallback_model.encode("latin-1", "replace")))
+        if record.retry_budget_exhausted:
+            out.append((b"x-tdn-retry-budget", b"exhausted"))
         return out
 
     def _first_byte(self, factory: FactoryEndpoint) -> None:
         elapsed = self.clock.elapsed_s()
         self.record.ttft_ms = elapsed * 1000.0
-        self.shared.metrics.first_byte(factory.id, factory.tier.value, self.entry.model, elapsed)
+        # Tier is a StrEnum: the member is its value, without the enum property's cost.
+        self.shared.metrics.first_byte(factory.id, factory.tier, self.entry.model, elapsed)
 
     def _meter(self, factory: FactoryEndpoint, prompt: int, completion: int,
                cached: int = 0) -> None:
         model = self.entry.model
         self.shared.meter.record(self.record.tenant, factory, model, prompt_tokens=prompt,
                                  completion_tokens=completion, cached_prompt_tokens=cached)
-        self.shared.metrics.metered(factory.id, factory.tier.value, model, self.record.tenant,
+        self.shared.metrics.metered(factory.id, factory.tier, model, self.record.tenant,
                                     prompt_tokens=prompt, completion_tokens=completion)
         self.record.prompt_tokens += prompt
         self.record.completion_tokens += completion
 
-    async def _deliver_body(self, committed: Committed) -> web.StreamResponse:
+    async def _deliver_body(self, committed: Committed) -> Reply | None:
         upstream = committed.response
         extra = self._client_headers(committed.endpoint)
         ok = 200 <= upstream.status < 300
         if committed.body is not None:
             self.record.outcome = "ok" if ok else "upstream_status"
             if ok:
-                self._meter_body(committed.endpoint, committed.body)
+                # Metered once the answer is on its way (finish): the client need not wait.
+                self._unmetered = (committed.endpoint, committed.body)
             self._first_byte(committed.endpoint)
-            return whole_response(upstream.status, upstream.reason or "",
-                                  upstream.headers.items(), committed.body, extra)
+            return whole_response(upstream.status, upstream.reason, upstream.raw_headers,
+                                  committed.body, extra)
         self._first_byte(committed.endpoint)
-        response, outcome, tail = await relay_large_body(self.request, upstream,
-                                                         committed.first_out, extra, self.clock)
+        outcome, tail = await relay_large_body(self.responder, upstream, committed.first_out,
+                                               extra, self.clock)
         self.record.outcome = outcome
         if outcome == "ok" and ok:
             self._meter_body(committed.endpoint, tail)
-        return response
+        return None
+
+    def finish(self) -> None:
+        """After the answer was handed to the client: meter a whole body it was given."""
+        unmetered = self._unmetered
+        if unmetered is not None:
+            self._unmetered = None
+            self._meter_body(*unmetered)
 
     def _meter_body(self, factory: FactoryEndpoint, body: bytes) -> None:
         usage = usage_from_body(body)
         if usage is not None:
             self._meter(factory, *usage_tokens(usage))
 
-    async def _deliver_stream(self, committed: Committed) -> web.StreamResponse:
+    async def _deliver_stream(self, committed: Committed) -> None:
         record, clock = self.record, self.clock
         upstream = committed.response
-        out_headers = headers.client_response_headers(upstream.headers.items())
-        out_headers.update(self._client_headers(committed.endpoint))
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=out_headers)
+        out_headers = headers.client_response_headers(upstream.raw_headers)
+        out_headers += self._client_headers(committed.endpoint)
+        response = self.responder
+        response.start(upstream.status, upstream.reason, out_headers)
 
         async def write(data: bytes) -> None:
             started = perf_counter()
@@ -358,11 +377,6 @@ class Exchange:
         original: tuple[FactoryEndpoint, Break] | None = None
         health = self.shared.health
         try:
-            started = perf_counter()
-            try:
-                await response.prepare(self.request)
-            finally:
-                clock.waiting += perf_counter() - started
             if committed.first_out:
                 await write(committed.first_out)
             self._first_byte(endpoint)
@@ -387,7 +401,7 @@ class Exchange:
                     await write(api_errors.stream_broken_event(original[0].id,
                                                                original[1].detail, why))
                     await response.write_eof()
-                    return response
+                    return
                 endpoint, upstream, scan = nxt.endpoint, nxt.response, nxt.scan
                 assert scan is not None
                 segments.append((endpoint, scan))
@@ -399,12 +413,12 @@ class Exchange:
         except ConnectionResetError:
             upstream.close()
             record.outcome = "client_gone"
-            return response
+            response.abort()
+            return
         except BaseException:
             upstream.close()
             raise
         record.outcome = "continued" if len(segments) > 1 else "ok"
-        return response
 
     def _prompt_tokens(self, segments: list[tuple[FactoryEndpoint, StreamScan]]) -> int:
         first_usage = segments[0][1].usage
@@ -416,6 +430,7 @@ class Exchange:
                         broken: FactoryEndpoint) -> tuple[Committed | None, str]:
         """Carry a broken stream on elsewhere: (the new segment, "") or (None, why not)."""
         totals = self.totals
+        assert totals is not None  # a stream broke, so it had its totals
         if not self.entry.continuation_possible:
             return None, ""
         metrics = self.shared.metrics

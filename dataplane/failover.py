@@ -47,9 +47,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 
-import aiohttp
-from multidict import CIMultiDictProxy
-
 from tdn.domain import FactoryEndpoint
 
 from .cooldowns import parse_retry_after
@@ -58,15 +55,26 @@ from .outlier import Kind
 from .overhead import OverheadClock
 from .retry_budget import RetryBudget
 from .sse import StreamScan, is_event_stream
+from .upstream_client import (
+    BadUrl,
+    ConnectError,
+    ConnectTimeout,
+    Disconnected,
+    DnsError,
+    ProtocolError,
+    ReadTimeout,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 # A stream that has sent this much without any output is committed anyway (keep-alives).
 PRECOMMIT_LIMIT_BYTES = 64 * 1024
 # A small error body is read so that the connection can be reused.
 DRAIN_LIMIT_BYTES = 64 * 1024
 
-# What can go wrong on the way to a first byte: aiohttp's own errors, timeouts, and OS errors the
-# transport lets through unwrapped.
-TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+# What can go wrong on the way to a first byte: the client's own errors, timeouts, and OS errors
+# the transport lets through unwrapped.
+TRANSPORT_ERRORS = (UpstreamError, asyncio.TimeoutError, OSError)
 
 # Statuses below 500 that mean "this factory cannot serve it", not "the request is wrong".
 _FACTORY_STATUSES = {401: "auth_rejected", 403: "auth_rejected", 404: "not_served",
@@ -125,7 +133,7 @@ class Committed:
     """
 
     endpoint: FactoryEndpoint
-    response: aiohttp.ClientResponse
+    response: UpstreamResponse
     sse: bool
     first_out: bytes
     scan: StreamScan | None
@@ -140,7 +148,7 @@ class ClientError:
     endpoint: FactoryEndpoint
     status: int
     reason: str
-    headers: CIMultiDictProxy[str]
+    headers: list[tuple[bytes, bytes]]
     body: bytes
     failures: tuple[AttemptFailure, ...]
 
@@ -166,24 +174,23 @@ class RetryTicket:
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """(reason label, phrase) for a transport error; the phrase names no address and no key."""
-    if isinstance(exc, aiohttp.InvalidURL):
+    if isinstance(exc, BadUrl):
         return "bad_endpoint", "its base_url is not a valid URL"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, ConnectTimeout):
         return "connect_timeout", "connecting timed out"
-    if isinstance(exc, aiohttp.SocketTimeoutError):
+    if isinstance(exc, ReadTimeout):
         return "stream_idle", "sent nothing for longer than the idle timeout"
     if isinstance(exc, asyncio.TimeoutError):
         return "timeout", "timed out waiting for the response"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, DnsError):
         return "dns", "its host name did not resolve"
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectError):
         if exc.os_error.errno == errno.ECONNREFUSED:
             return "refused", "refused the connection"
         return "connect_error", "could not be connected to"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError |
-                  ConnectionResetError):
+    if isinstance(exc, Disconnected | ConnectionResetError):
         return "reset", "closed the connection before answering"
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, ProtocolError):
         return "protocol_error", "sent a response that is not valid HTTP"
     if isinstance(exc, OSError) and exc.errno == errno.ECONNRESET:
         return "reset", "reset the connection"
@@ -223,7 +230,7 @@ def _transport_failure(exc: BaseException, answered: bool) -> _Failed:
 
 
 # (factory, request body, attempt deadline) -> the upstream response (headers read)
-Send = Callable[[FactoryEndpoint, bytes, float], Awaitable[aiohttp.ClientResponse]]
+Send = Callable[[FactoryEndpoint, bytes, float], Awaitable[UpstreamResponse]]
 OnFailure = Callable[[AttemptFailure], None]
 
 
@@ -239,7 +246,7 @@ def _next(remaining: list[FactoryEndpoint], failed_domains: set[str]) -> Factory
     return remaining.pop(0)
 
 
-async def _drain(response: aiohttp.ClientResponse) -> None:
+async def _drain(response: UpstreamResponse) -> None:
     """Finish with a response the client will not see, keeping the connection when cheap."""
     length = response.content_length
     if length is not None and length <= DRAIN_LIMIT_BYTES:
@@ -251,6 +258,19 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
         response.release()
     else:
         response.close()
+
+
+def _detached_send(endpoint: FactoryEndpoint, body: bytes,
+                   deadline: float) -> Awaitable[UpstreamResponse]:
+    raise RuntimeError("the request this attempt loop served has ended")
+
+
+def _detached_deadline(endpoint: FactoryEndpoint) -> float:
+    raise RuntimeError("the request this attempt loop served has ended")
+
+
+def _detached_scan() -> StreamScan:
+    raise RuntimeError("the request this attempt loop served has ended")
 
 
 class AttemptLoop:
@@ -271,6 +291,19 @@ class AttemptLoop:
         self.buffer_limit = buffer_limit
         self.sent = 0
         self.failures: list[AttemptFailure] = []
+
+    def detach(self) -> None:
+        """Drop the callbacks into the request that owns this loop.
+
+        They are its bound methods, so owner and loop form a reference cycle that only the
+        cyclic garbage collector would free; breaking it at the request's end lets reference
+        counting free both at once (at thousands of requests per second, cycles make the
+        collector run often, and each run pauses every request in flight).
+        """
+        self.send = _detached_send
+        self.deadline_for = _detached_deadline
+        self.new_scan = _detached_scan
+        self.on_failure = None
 
     def _fail(self, endpoint: FactoryEndpoint, reason: str, detail: str, status: int = 0,
               *, kind: Kind | None, retry_after_s: float | None = None) -> bool:
@@ -329,43 +362,45 @@ class AttemptLoop:
     async def _attempt(self, endpoint: FactoryEndpoint, body: bytes,
                        client_errors_final: bool) -> Committed | ClientError:
         deadline = self.deadline_for(endpoint)
-        response: aiohttp.ClientResponse | None = None
+        response: UpstreamResponse | None = None
         clock = self.clock
         started = perf_counter()
         try:
             try:
-                async with asyncio.timeout(deadline):
-                    self.sent += 1
-                    response = await self.send(endpoint, body, deadline)
-                    status = response.status
-                    if status >= 500 or status == 429 or status in _FACTORY_STATUSES:
-                        retry_after = None
-                        if status in (429, 503):
-                            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                        await _drain(response)
-                        if status == 429:
-                            raise _Failed("rate_limited", f"answered HTTP {status}", status,
-                                          retry_after, kind=None)
-                        raise _Failed(_FACTORY_STATUSES.get(status, "status_5xx"),
-                                      f"answered HTTP {status}", status, retry_after)
-                    if status >= 400:
-                        raw = await response.read()
-                        response.release()
-                        if not client_errors_final:
-                            raise _Failed("client_rejected" if status == 400 else
-                                          f"client_{status}", f"answered HTTP {status}", status,
-                                          kind=None)
-                        return ClientError(endpoint, status, response.reason or "",
-                                           response.headers, raw, tuple(self.failures))
-                    sse = is_event_stream(response.headers.get("Content-Type", ""))
-                    if sse:
-                        return await self._open_stream(endpoint, response)
-                    first = await response.content.readany()
-            except TimeoutError as exc:
+                # The deadline bounds connecting, the answer's head and, before the commit,
+                # every read (the client enforces it: see UpstreamPool.request).
+                self.sent += 1
+                response = await self.send(endpoint, body, deadline)
+                status = response.status
+                if status >= 500 or status == 429 or status in _FACTORY_STATUSES:
+                    retry_after = None
+                    if status in (429, 503):
+                        retry_after = parse_retry_after(response.headers.get("retry-after"))
+                    await _drain(response)
+                    if status == 429:
+                        raise _Failed("rate_limited", f"answered HTTP {status}", status,
+                                      retry_after, kind=None)
+                    raise _Failed(_FACTORY_STATUSES.get(status, "status_5xx"),
+                                  f"answered HTTP {status}", status, retry_after)
+                if status >= 400:
+                    raw = await response.read()
+                    response.release()
+                    if not client_errors_final:
+                        raise _Failed("client_rejected" if status == 400 else
+                                      f"client_{status}", f"answered HTTP {status}", status,
+                                      kind=None)
+                    return ClientError(endpoint, status, response.reason or "",
+                                       response.raw_headers, raw, tuple(self.failures))
+                sse = is_event_stream(response.content_type)
+                if sse:
+                    committed = await self._open_stream(endpoint, response)
+                    response.deadline_at = None
+                    return committed
+                first = await response.readany()
+                response.deadline_at = None
+            except TimeoutError:
                 if response is not None:
                     response.close()
-                if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                    raise _transport_failure(exc, answered=False) from None
                 raise _Failed("first_byte_timeout", f"sent no first byte within its "
                               f"{deadline:g} s first-byte deadline",
                               kind=Kind.DEADLINE) from None
@@ -387,12 +422,12 @@ class AttemptLoop:
             clock.waiting += perf_counter() - started
 
     async def _open_stream(self, endpoint: FactoryEndpoint,
-                           response: aiohttp.ClientResponse) -> Committed:
+                           response: UpstreamResponse) -> Committed:
         scan = self.new_scan()
         out: list[bytes] = []
         size = 0
         while not scan.substantive and size < PRECOMMIT_LIMIT_BYTES:
-            chunk = await response.content.readany()
+            chunk = await response.readany()
             if not chunk:
                 response.close()
                 raise _Failed("empty_stream", "ended its stream before any output")
@@ -406,8 +441,13 @@ class AttemptLoop:
         return Committed(endpoint, response, True, b"".join(out), scan, None,
                          tuple(self.failures))
 
-    async def _read_body(self, endpoint: FactoryEndpoint, response: aiohttp.ClientResponse,
+    async def _read_body(self, endpoint: FactoryEndpoint, response: UpstreamResponse,
                          first: bytes) -> Committed:
+        if response.is_eof():
+            # The usual case: the whole answer came with its head.
+            response.release()
+            return Committed(endpoint, response, False, b"", None, first,
+                             tuple(self.failures))
         chunks = [first]
         size = len(first)
         try:
@@ -416,7 +456,7 @@ class AttemptLoop:
                     # Too large to hold: relay it as it comes (a break then drops the connection).
                     return Committed(endpoint, response, False, b"".join(chunks), None, None,
                                      tuple(self.failures))
-                chunk = await response.content.readany()
+                chunk = await response.readany()
                 if not chunk:
                     break
                 chunks.append(chunk)

@@ -36,7 +36,7 @@ class FactoryHealth:
                 # A factory the policy no longer ships is no longer ejected.
                 self.metrics.ejection_changed(fid, self._tiers.get(fid, ""), "removed", False)
         self._tiers = {fid: e.tier.value for fid, e in table.endpoints.items()}
-        self.outlier.configure(table.settings.outlier, table.endpoints)
+        self.outlier.configure(table.settings.outlier, table.endpoints, table.route_groups())
         self.cooldowns.forget_except(table.endpoints)
 
     def _ejection_changed(self, factory_id: str, reason: str, ejected: bool) -> None:

@@ -19,8 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from tdn.domain import FactoryEndpoint
 
+# Answers up to this size are parsed whole to find their usage (an embedding's can be megabytes).
+_PARSE_WHOLE_BYTES = 16 * 1024
 _USAGE_KEY = re.compile(rb'"usage"\s*:\s*(?=\{)')
 _DECODER = json.JSONDecoder()
 
@@ -29,13 +33,27 @@ def usage_from_body(body: bytes) -> dict[str, Any] | None:
     """The top-level ``usage`` object of a JSON answer, read without parsing the whole body.
 
     The last ``"usage":`` key followed by an object is taken: OpenAI and vLLM put usage near the
-    end, and a quoted ``"usage"`` inside a string value would have its quotes escaped.
+    end (so it is searched for from the end), and a quoted ``"usage"`` inside a string value
+    would have its quotes escaped.
     """
-    match = None
-    for match in _USAGE_KEY.finditer(body):  # noqa: B007 - the last match is wanted
-        pass
-    if match is None:
-        return None
+    if len(body) <= _PARSE_WHOLE_BYTES:
+        # A small answer is parsed whole: orjson does it faster than the search below, and
+        # finds exactly the top-level member.
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        usage = doc.get("usage") if isinstance(doc, dict) else None
+        return usage if isinstance(usage, dict) else None
+    end = len(body)
+    while True:
+        at = body.rfind(b'"usage"', 0, end)
+        if at < 0:
+            return None
+        match = _USAGE_KEY.match(body, at)
+        if match is not None:
+            break
+        end = at
     try:
         usage, _ = _DECODER.raw_decode(body[match.end():].decode("utf-8", "replace"))
     except ValueError:

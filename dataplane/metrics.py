@@ -3,8 +3,9 @@
 Labels follow STYLE.md: ``site``, ``factory``, ``tier``, ``model`` wherever they apply. ``model``
 is only ever a model the policy routes (unrouted names from clients become ``""``), and
 ``tenant`` only a name from the tenants file or ``anonymous``, so a client cannot blow up label
-cardinality. Label children are cached, so the request path pays one dictionary lookup per
-metric instead of prometheus_client's label validation.
+cardinality. The metrics every request updates are :mod:`fast_metrics` (plain dictionaries,
+turned into metric families when scraped); for the others, label children are cached, so an
+update pays one dictionary lookup instead of prometheus_client's label validation.
 
 =========================================  =================================================
 tdn_sidecar_requests_total                 requests by answering factory, model, outcome
@@ -41,9 +42,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from tdn.domain import SitePolicy
+
+from .fast_metrics import FastCounter, FastHistogram
 
 # LLM requests run from milliseconds (embeddings) to minutes (long generations).
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -60,25 +63,25 @@ class SidecarMetrics:
     def __init__(self, site: str, registry: CollectorRegistry | None = None) -> None:
         self.site = site
         self.registry = r = registry if registry is not None else CollectorRegistry()
-        self.requests = Counter(
+        self.requests = FastCounter(
             "tdn_sidecar_requests", "Requests answered, by the factory that answered (empty when "
             "none did) and outcome.", [*_F, "outcome"], registry=r)
         self.failovers = Counter(
             "tdn_sidecar_failovers", "Attempts that failed before any byte reached the client, so "
             "the next candidate was tried.", [*_F, "reason"], registry=r)
-        self.duration = Histogram(
+        self.duration = FastHistogram(
             "tdn_sidecar_request_duration_seconds", "Time from request to the last byte relayed.",
-            _F, buckets=_DURATION_BUCKETS, registry=r)
-        self.ttft = Histogram(
+            _F, _DURATION_BUCKETS, r)
+        self.ttft = FastHistogram(
             "tdn_sidecar_ttft_seconds", "Time from request to the first answer byte relayed to "
-            "the client.", _F, buckets=_DURATION_BUCKETS, registry=r)
-        self.overhead = Histogram(
+            "the client.", _F, _DURATION_BUCKETS, r)
+        self.overhead = FastHistogram(
             "tdn_sidecar_overhead_seconds", "The sidecar's own time per request: the duration "
             "minus time spent waiting on factories and on the client.", ["site"],
-            buckets=_OVERHEAD_BUCKETS, registry=r)
-        self.tokens = Counter(
+            _OVERHEAD_BUCKETS, r)
+        self.tokens = FastCounter(
             "tdn_sidecar_tokens", "Metered tokens of answers delivered, by tenant and type "
-            "(prompt or completion).", [*_F, "tenant", "type"], registry=r)
+            "(prompt or completion).", [*_F, "tenant", "type"], r)
         self.stream_breaks = Counter(
             "tdn_sidecar_stream_breaks", "Streams that broke after bytes reached the client.",
             [*_F, "reason"], registry=r)
@@ -147,22 +150,24 @@ class SidecarMetrics:
 
     def request_done(self, factory: str, tier: str, model: str, outcome: str,
                      seconds: float) -> None:
-        self._child(self.requests, factory, tier, model, outcome).inc()
-        self._child(self.duration, factory, tier, model).observe(seconds)
+        site = self.site
+        self.requests.inc((site, factory, tier, model, outcome))
+        self.duration.observe((site, factory, tier, model), seconds)
 
     def first_byte(self, factory: str, tier: str, model: str, seconds: float) -> None:
-        self._child(self.ttft, factory, tier, model).observe(seconds)
+        self.ttft.observe((self.site, factory, tier, model), seconds)
 
     def own_time(self, seconds: float) -> None:
-        self._child(self.overhead).observe(seconds)
+        self.overhead.observe((self.site,), seconds)
 
     def metered(self, factory: str, tier: str, model: str, tenant: str, *, prompt_tokens: int,
                 completion_tokens: int) -> None:
+        site = self.site
         if prompt_tokens:
-            self._child(self.tokens, factory, tier, model, tenant, "prompt").inc(prompt_tokens)
+            self.tokens.inc((site, factory, tier, model, tenant, "prompt"), prompt_tokens)
         if completion_tokens:
-            self._child(self.tokens, factory, tier, model, tenant, "completion").inc(
-                completion_tokens)
+            self.tokens.inc((site, factory, tier, model, tenant, "completion"),
+                            completion_tokens)
 
     def failover(self, factory: str, tier: str, model: str, reason: str) -> None:
         self._child(self.failovers, factory, tier, model, reason).inc()

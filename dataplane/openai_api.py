@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from . import api_errors
 
 
@@ -34,9 +36,13 @@ EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", "/embeddings", "input")
 ENDPOINTS: tuple[Endpoint, ...] = (CHAT, COMPLETIONS, EMBEDDINGS)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProxiedRequest:
-    """A request body the sidecar accepted: the raw bytes to forward plus what it routes on."""
+    """A request body the sidecar accepted: the raw bytes to forward plus what it routes on.
+
+    Not frozen only because a frozen dataclass pays one object.__setattr__ per field when it
+    is made, once per request; nothing changes it after parse_request.
+    """
 
     endpoint: Endpoint
     model: str
@@ -87,8 +93,10 @@ def _kind(value: Any) -> str:
 def parse_request(endpoint: Endpoint, raw: bytes) -> ProxiedRequest:
     """Check a client body for ``endpoint``; raise :class:`api_errors.ApiError` when it is bad."""
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        # orjson: a fifth of json's time on a chat body, and it reads the bytes as they came
+        # (UTF-8, as the OpenAI API is; NaN, Infinity and integers beyond 64 bits are refused).
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise api_errors.invalid_json() from None
     if not isinstance(doc, dict):
         raise api_errors.not_an_object(_kind(doc))

@@ -18,8 +18,12 @@ Envoy's semantics are the model (see :mod:`effective_settings` for the defaults)
   once its deadline expiries (or other failures) reach ``consecutive_failures`` in a row. Any
   success lifts the suspicion: a slow outlier request does not cost a healthy factory more than
   the in-flight evidence says.
-* At most ``max_ejection_percent`` of the policy's factories are ejected or suspected at once, but
-  one factory always may be (Envoy's rule), so a two-factory site can still drop its broken half.
+* At most ``max_ejection_percent`` of a route's factories are ejected or suspected at once, but
+  one factory always may be (Envoy's rule, per cluster there), so a two-factory route can still
+  drop its broken half. A factory serving several routes is taken out only if every one of them
+  stays within the cap. (It used to be a share of all the policy's factories, against the wire
+  contract's "of a route's factories": two unrelated broken factories elsewhere then kept a
+  third route's broken primary in rotation, and every one of its requests paid a failed attempt.)
 * **Panic**: when fewer than ``panic_threshold_percent`` of a route's factories are available, the
   route ignores ejections and tries all of them. A route with a single factory is therefore never
   left with nothing: once that factory is ejected the route is in panic and requests still go to
@@ -113,14 +117,27 @@ class OutlierDetector:
         # Suspected factories (never ejected ones) and when their suspicion ends; expired entries
         # are dropped lazily, when looked at.
         self._suspects: dict[str, float] = {}
+        # The routes (as sets of factory ids) each factory serves, for the ejection cap.
+        self._groups_of: dict[str, list[frozenset[str]]] = {}
 
     # --- configuration -------------------------------------------------------------------------
 
-    def configure(self, config: OutlierConfig, factory_ids: Iterable[str]) -> None:
+    def configure(self, config: OutlierConfig, factory_ids: Iterable[str],
+                  groups: Iterable[Iterable[str]] | None = None) -> None:
         """Run with ``config`` over exactly ``factory_ids`` (a new policy); state of factories
-        the policy keeps is kept, so a policy push does not bring a broken factory back."""
+        the policy keeps is kept, so a policy push does not bring a broken factory back.
+
+        ``groups`` are the factories of each route, over which ``max_ejection_percent`` is
+        counted; None counts it over all of ``factory_ids``, as one route.
+        """
         self.config = config
         keep = set(factory_ids)
+        everything = frozenset(keep)
+        self._groups_of = {}
+        for group in (groups if groups is not None else [everything]):
+            members = frozenset(group) & everything
+            for fid in members:
+                self._groups_of.setdefault(fid, []).append(members)
         for fid in list(self._factories):
             if fid not in keep:
                 del self._factories[fid]
@@ -202,15 +219,22 @@ class OutlierDetector:
         return SUSPECTED
 
     def _may_exclude(self, factory_id: str, now: float) -> bool:
-        """Whether one more factory may be taken out of rotation (ejected or suspected) under
-        ``max_ejection_percent``; one already suspected is taken out already."""
+        """Whether ``factory_id`` may be taken out of rotation (ejected or suspected) under
+        ``max_ejection_percent`` of every route it serves; one already suspected is out
+        already."""
         suspects = self._suspects
         for fid in [fid for fid, until in suspects.items() if until <= now]:
             del suspects[fid]
         if factory_id in suspects:
             return True
-        allowed = int(len(self._factories) * self.config.max_ejection_percent / 100)
-        return self._ejected + len(suspects) + 1 <= max(1, allowed)
+        factories = self._factories
+        share = self.config.max_ejection_percent / 100
+        for group in self._groups_of.get(factory_id, ()):
+            out = sum(1 for fid in group
+                      if fid in suspects or (fid in factories and factories[fid].ejected))
+            if out + 1 > max(1, int(len(group) * share)):
+                return False
+        return True
 
     def _return(self, factory_id: str, f: _Factory, now: float, reason: str) -> None:
         f.ejected = False

@@ -14,12 +14,12 @@ from time import perf_counter
 
 
 class OverheadClock:
-    """Started when a request arrives."""
+    """Started when a request arrives (``start``, a perf_counter reading; None: now)."""
 
     __slots__ = ("start", "waiting")
 
-    def __init__(self) -> None:
-        self.start = perf_counter()
+    def __init__(self, start: float | None = None) -> None:
+        self.start = perf_counter() if start is None else start
         self.waiting = 0.0
 
     def elapsed_s(self) -> float:

@@ -11,21 +11,25 @@ are never probed, so probing costs nothing while all is well.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
-import aiohttp
-
 from tdn.domain import FactoryEndpoint
 
+from . import headers
 from .credentials import Credentials
 from .effective_settings import DEFAULT_PROBE_INTERVAL_S, OutlierConfig
 from .failover import TRANSPORT_ERRORS
 from .health import FactoryHealth
 from .metrics import SidecarMetrics
 from .routing_table import RoutingTable
+from .upstream_client import UpstreamPool
 
 log = logging.getLogger(__name__)
+
+# A model list is small; a probe never holds more of an answer than this.
+_PROBE_BODY_LIMIT = 4 * 1024 * 1024
 
 
 class Prober:
@@ -33,12 +37,12 @@ class Prober:
 
     def __init__(self, health: FactoryHealth, metrics: SidecarMetrics, credentials: Credentials,
                  table: Callable[[], RoutingTable | None],
-                 session: Callable[[], aiohttp.ClientSession]) -> None:
+                 pool: Callable[[], UpstreamPool]) -> None:
         self.health = health
         self.metrics = metrics
         self.credentials = credentials
         self._table = table
-        self._session = session
+        self._pool = pool
 
     async def run(self) -> None:
         while True:
@@ -63,19 +67,24 @@ class Prober:
                 group.create_task(self._probe(endpoint, config))
 
     async def _probe(self, endpoint: FactoryEndpoint, config: OutlierConfig) -> None:
-        request_headers = {"Accept-Encoding": "identity"}
+        request_headers = b"Accept-Encoding: identity\r\n"
         if endpoint.credential_ref:
             authorization = self.credentials.authorization(endpoint.credential_ref)
             if authorization is not None:
-                request_headers["Authorization"] = authorization
+                with contextlib.suppress(ValueError):  # unsendable: probe without it
+                    request_headers += headers.authorization_line(authorization)
         url = endpoint.base_url.rstrip("/") + "/models"
         ok = False
         try:
             async with asyncio.timeout(config.probe_timeout_s):
-                async with self._session().get(url, headers=request_headers,
-                                               allow_redirects=False) as response:
+                response = await self._pool().request(b"GET", url, request_headers)
+                try:
                     ok = response.status < 500
-                    await response.read()
+                    await response.read(_PROBE_BODY_LIMIT)
+                except BaseException:
+                    response.close()
+                    raise
+                response.release()
         except TRANSPORT_ERRORS:
             ok = False
         self.metrics.probed(endpoint.id, endpoint.tier.value, ok)

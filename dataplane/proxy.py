@@ -1,21 +1,22 @@
-"""The OpenAI-compatible reverse proxy: the aiohttp application a sidecar serves to applications.
+"""The OpenAI-compatible reverse proxy: what a sidecar serves to applications on its proxy port.
 
 Each request is an :class:`~tdn.dataplane.exchange.Exchange`; this module holds what outlives
-requests: the connection pool to factories, the routing table compiled from the live policy,
-factory health (ejections, cooldowns) and its prober, the retry budget, the meter, and the
-bookkeeping every request ends with (one access-log line, request metrics). The upstream URL
-comes only from the policy's ``base_url`` plus the endpoint's fixed suffix: nothing a client
-sends can choose where its request goes.
+requests: the connection pool to factories (:mod:`upstream_client`), the routing table compiled
+from the live policy, factory health (ejections, cooldowns) and its prober, the retry budget, the
+meter, and the bookkeeping every request ends with (one access-log line, request metrics), done
+after the answer has been handed to the client's socket so that it adds nothing to the client's
+latency. The upstream URL comes only from the policy's ``base_url`` plus the endpoint's fixed
+suffix: nothing a client sends can choose where its request goes. The HTTP server itself is
+:mod:`http_server`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-
-import aiohttp
-from aiohttp import web
+from collections.abc import Awaitable
+from urllib.parse import unquote
 
 from tdn.domain import SitePolicy
 
@@ -25,6 +26,7 @@ from .credentials import Credentials
 from .exchange import Exchange, ProxySettings, Shared
 from .failover import RetryTicket
 from .health import FactoryHealth
+from .http_server import Reply, Request, Responder, error_reply, json_reply
 from .live_policy import LivePolicy
 from .metering import Meter
 from .metrics import SidecarMetrics
@@ -33,16 +35,19 @@ from .prober import Prober
 from .retry_budget import RetryBudget
 from .routing_table import RoutingTable
 from .tenants import Tenants
+from .upstream_client import UpstreamPool
 
 __all__ = ["Proxy", "ProxySettings"]
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_MODELS = "/v1/models"
+_MODEL_PREFIX = "/v1/models/"
 
 
 class Proxy:
-    """Request handling over a live policy; :meth:`app` builds the aiohttp application."""
+    """Request handling over a live policy; :meth:`dispatch` is the HTTP server's handler,
+    :meth:`start` and :meth:`stop` own the connection pool and the prober."""
 
     def __init__(self, live: LivePolicy, metrics: SidecarMetrics,
                  credentials: Credentials | None = None,
@@ -59,10 +64,12 @@ class Proxy:
         budget = self.retry_budget
         metrics.watch_load(lambda: budget.active, lambda: budget.retries_in_flight)
         self.table: RoutingTable | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
         self._shared: Shared | None = None
+        self._prober_task: asyncio.Task[None] | None = None
+        self._endpoints = {e.path: e for e in openai_api.ENDPOINTS}
         self.prober = Prober(self.health, metrics, self.credentials, lambda: self.table,
-                             lambda: self.session)
+                             lambda: self.pool)
         live.add_listener(self.policy_swapped)
 
     def policy_swapped(self, policy: SitePolicy) -> None:
@@ -73,96 +80,106 @@ class Proxy:
                                     table.settings.retry_budget_min_concurrency)
         self.table = table
 
-    # --- application and its lifecycle -------------------------------------------------------
+    # --- lifecycle -----------------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes,
-                              middlewares=[_openai_errors])
-        for endpoint in openai_api.ENDPOINTS:
-            app.router.add_post(endpoint.path, self._handler_for(endpoint))
-        app.router.add_get("/v1/models", self.list_models)
-        app.router.add_get("/v1/models/{model:.+}", self.get_model)
-        app.cleanup_ctx.append(self._session_ctx)
-        return app
-
-    async def _session_ctx(self, app: web.Application) -> AsyncIterator[None]:
+    async def start(self) -> None:
         # One pool per sidecar: keep-alive connections to factories are what makes a failover
         # or a next request cheap.
-        connector = aiohttp.TCPConnector(limit=self.settings.pool_limit, limit_per_host=0,
-                                         keepalive_timeout=self.settings.keepalive_timeout_s)
-        # Per-request timeouts are set by each exchange (first-byte deadlines, idle timeout).
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s)
-        # DummyCookieJar: a cookie set by a factory for one tenant must never ride along on
-        # another tenant's request.
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                              auto_decompress=False,
-                                              cookie_jar=aiohttp.DummyCookieJar())
-        self._shared = Shared(self._session, self.credentials, self.metrics, self.health,
-                              self.tenants, self.meter, self.settings)
-        prober = asyncio.create_task(self.prober.run(), name="tdn-prober")
-        try:
-            yield
-        finally:
+        settings = self.settings
+        self._pool = UpstreamPool(connect_timeout_s=settings.connect_timeout_s,
+                                  limit=settings.pool_limit,
+                                  keepalive_timeout_s=settings.keepalive_timeout_s)
+        self._shared = Shared(self._pool, self.credentials, self.metrics, self.health,
+                              self.tenants, self.meter, settings)
+        self._prober_task = asyncio.create_task(self.prober.run(), name="tdn-prober")
+
+    async def stop(self) -> None:
+        prober, self._prober_task = self._prober_task, None
+        if prober is not None:
             prober.cancel()
             await asyncio.wait([prober])
             if not prober.cancelled() and prober.exception() is not None:
                 log.error("the prober stopped by a bug", exc_info=prober.exception())
-            self._shared = None
-            await self._session.close()
-            self._session = None
+        self._shared = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("the proxy application is not running")
-        return self._session
+    def pool(self) -> UpstreamPool:
+        if self._pool is None:
+            raise RuntimeError("the proxy is not running")
+        return self._pool
+
+    # --- routing of paths ----------------------------------------------------------------------
+
+    def dispatch(self, request: Request, responder: Responder) -> Awaitable[None] | None:
+        """Answer one request: a proxied endpoint (the coroutine to await), the model list, or
+        an OpenAI-shaped error (answered at once)."""
+        path = request.path
+        endpoint = self._endpoints.get(path)
+        if endpoint is not None:
+            if request.method == "POST":
+                return self.handle(request, responder, endpoint)
+            responder.send(error_reply(api_errors.method_not_allowed(request.method, path)))
+            return None
+        if path == _MODELS or path.startswith(_MODEL_PREFIX):
+            if request.method not in ("GET", "HEAD"):
+                responder.send(error_reply(api_errors.method_not_allowed(request.method, path)))
+                return None
+            try:
+                reply = (self.list_models() if path == _MODELS else
+                         self.get_model(unquote(path[len(_MODEL_PREFIX):])))
+            except api_errors.ApiError as err:
+                reply = error_reply(err)
+            if request.method == "HEAD":
+                reply.body = b""
+            responder.send(reply)
+            return None
+        responder.send(error_reply(api_errors.not_found(path)))
+        return None
 
     # --- models --------------------------------------------------------------------------------
 
-    async def list_models(self, request: web.Request) -> web.Response:
+    def list_models(self) -> Reply:
         table = self.table
         if table is None:
             raise api_errors.no_policy()
         created = int(table.policy.generated_at)
-        return web.json_response({"object": "list", "data": [
+        return json_reply(200, json.dumps({"object": "list", "data": [
             {"id": m, "object": "model", "created": created, "owned_by": "tdn"}
             for m in table.models
-        ]})
+        ]}).encode())
 
-    async def get_model(self, request: web.Request) -> web.Response:
+    def get_model(self, model: str) -> Reply:
         table = self.table
         if table is None:
             raise api_errors.no_policy()
-        model = request.match_info["model"]
-        if table.route(model) is None:
+        if not model or table.route(model) is None:
             raise api_errors.model_not_found(model)
-        return web.json_response({"id": model, "object": "model",
-                                  "created": int(table.policy.generated_at), "owned_by": "tdn"})
+        return json_reply(200, json.dumps({"id": model, "object": "model",
+                                           "created": int(table.policy.generated_at),
+                                           "owned_by": "tdn"}).encode())
 
     # --- proxied endpoints ---------------------------------------------------------------------
 
-    def _handler_for(self, endpoint: openai_api.Endpoint) -> Handler:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await self.handle(request, endpoint)
-
-        return handle
-
-    async def handle(self, request: web.Request,
-                     endpoint: openai_api.Endpoint) -> web.StreamResponse:
-        clock = OverheadClock()
-        record = AccessRecord(request_id=headers.request_id(request.headers),
-                              method=request.method, path=request.path)
+    async def handle(self, request: Request, responder: Responder,
+                     endpoint: openai_api.Endpoint) -> None:
+        clock = OverheadClock(request.received_at)
+        client = headers.scan_request(request.raw_headers)
+        record = AccessRecord(request_id=client.request_id, method=request.method,
+                              path=request.path)
         shared = self._shared
         if shared is None:
-            raise RuntimeError("the proxy application is not running")
+            raise RuntimeError("the proxy is not running")
         budget = self.retry_budget
         budget.request_started()
         ticket = RetryTicket(budget)
         metric_model = ""
+        exchange = Exchange(shared, request, responder, endpoint, client, record=record,
+                            clock=clock, ticket=ticket)
         try:
-            exchange = Exchange(shared, request, endpoint, record=record, clock=clock,
-                                ticket=ticket)
-            response = await exchange.run(self.table)
+            reply = await exchange.run(self.table)
             metric_model = record.model if record.factory else ""
             if record.fallback_model:
                 metric_model = record.fallback_model
@@ -174,42 +191,37 @@ class Proxy:
             out = {headers.REQUEST_ID: record.request_id}
             if record.attempts:
                 out[headers.ATTEMPTS] = str(record.attempts)
-            response = err.response(headers=out)
+            reply = error_reply(err, out)
         except asyncio.CancelledError:
             # The client went away (or the sidecar is stopping past its grace period).
             record.outcome = record.outcome or "client_gone"
             metric_model = record.model if record.factory else ""
+            exchange.close()
+            self._done(record, clock, metric_model, ticket)
             raise
-        finally:
-            ticket.release()
-            elapsed = clock.elapsed_s()
-            own = clock.own_s()
-            record.duration_ms = elapsed * 1000.0
-            record.overhead_ms = own * 1000.0
-            if not record.outcome:
-                # Cancelled or a bug: the access line still records that the request ended.
-                record.outcome = "aborted"
-            self.metrics.request_done(record.factory, record.tier, metric_model, record.outcome,
-                                      elapsed)
-            self.metrics.own_time(own)
-            access_log.emit(record)
-        return response
+        except BaseException:
+            exchange.close()
+            self._done(record, clock, metric_model, ticket)
+            raise
+        exchange.close()
+        # The answer goes to the client's socket first; the bookkeeping after it costs the
+        # client nothing.
+        if reply is not None:
+            responder.send(reply)
+        exchange.finish()
+        self._done(record, clock, metric_model, ticket)
 
-
-@web.middleware
-async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer routing misses, refusals and bugs in OpenAI's error shape, never as HTML or text."""
-    try:
-        return await handler(request)
-    except api_errors.ApiError as err:
-        return err.response()
-    except web.HTTPNotFound:
-        return api_errors.not_found(request.path).response()
-    except web.HTTPMethodNotAllowed:
-        return api_errors.method_not_allowed(request.method, request.path).response()
-    except web.HTTPException:
-        raise
-    except Exception:
-        log.exception("bug: unhandled error serving %s %s", request.method, request.path)
-        return api_errors.ApiError(500, "The TDN sidecar failed to handle this request.",
-                                   type_="server_error", code="internal_error").response()
+    def _done(self, record: AccessRecord, clock: OverheadClock, metric_model: str,
+              ticket: RetryTicket) -> None:
+        ticket.release()
+        elapsed = clock.elapsed_s()
+        own = clock.own_s()
+        record.duration_ms = elapsed * 1000.0
+        record.overhead_ms = own * 1000.0
+        if not record.outcome:
+            # Cancelled or a bug: the access line still records that the request ended.
+            record.outcome = "aborted"
+        self.metrics.request_done(record.factory, record.tier, metric_model, record.outcome,
+                                  elapsed)
+        self.metrics.own_time(own)
+        access_log.emit(record)

@@ -10,15 +10,13 @@ incomplete (it sees a short body or a missing last chunk).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
 from time import perf_counter
-
-import aiohttp
-from aiohttp import web
 
 from . import headers
 from .failover import TRANSPORT_ERRORS, classify
+from .http_server import Reply, Responder
 from .overhead import OverheadClock
+from .upstream_client import UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -26,51 +24,46 @@ log = logging.getLogger(__name__)
 TAIL_BYTES = 64 * 1024
 
 
-def whole_response(status: int, reason: str, upstream_headers: Iterable[tuple[str, str]],
-                   body: bytes, extra: Mapping[str, str]) -> web.Response:
+def whole_response(status: int, reason: str, upstream_headers: list[tuple[bytes, bytes]],
+                   body: bytes, extra: list[tuple[bytes, bytes]]) -> Reply:
     out = headers.client_response_headers(upstream_headers)
-    out.update(extra)
-    return web.Response(status=status, reason=reason or None, body=body, headers=out)
+    out += extra
+    return Reply(status, body, out, reason)
 
 
-async def relay_large_body(request: web.Request, upstream: aiohttp.ClientResponse,
-                           first: bytes, extra: Mapping[str, str],
-                           clock: OverheadClock) -> tuple[web.StreamResponse, str, bytes]:
-    """Relay a body too large to hold; (response, outcome, last bytes) - outcome is ok,
-    stream_broken or client_gone. Always releases or closes ``upstream``."""
-    out_headers = headers.client_response_headers(upstream.headers.items())
-    out_headers.update(extra)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                  headers=out_headers)
-    if upstream.content_length is not None:
-        response.content_length = upstream.content_length
+async def relay_large_body(responder: Responder, upstream: UpstreamResponse,
+                           first: bytes, extra: list[tuple[bytes, bytes]],
+                           clock: OverheadClock) -> tuple[str, bytes]:
+    """Relay a body too large to hold; (outcome, last bytes) - outcome is ok, stream_broken or
+    client_gone. Always releases or closes ``upstream``."""
+    out_headers = headers.client_response_headers(upstream.raw_headers)
+    out_headers += extra
+    responder.start(upstream.status, upstream.reason, out_headers)
     tail = first[-TAIL_BYTES:]
     try:
-        await response.prepare(request)
-        await response.write(first)
+        await responder.write(first)
         while True:
             started = perf_counter()
             try:
-                chunk = await upstream.content.readany()
+                chunk = await upstream.readany()
             except TRANSPORT_ERRORS as exc:
                 upstream.close()
                 log.warning("factory broke off a large body after headers were sent (%s); "
                             "dropping the client connection", classify(exc)[1])
-                if request.transport is not None:
-                    request.transport.abort()
-                return response, "stream_broken", tail
+                responder.abort()
+                return "stream_broken", tail
             finally:
                 clock.waiting += perf_counter() - started
             if not chunk:
                 break
-            await response.write(chunk)
+            await responder.write(chunk)
             tail = (tail + chunk)[-TAIL_BYTES:]
-        await response.write_eof()
+        await responder.write_eof()
     except ConnectionResetError:
         upstream.close()
-        return response, "client_gone", tail
+        return "client_gone", tail
     except BaseException:
         upstream.close()
         raise
     upstream.release()
-    return response, "ok", tail
+    return "ok", tail

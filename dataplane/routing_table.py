@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
-
 from tdn.domain import FactoryEndpoint, SitePolicy
 
 from .balancer import RoutePlan
@@ -69,18 +67,10 @@ class RoutingTable:
                                    and current.plan.route.traffic_class != "default"):
                 self._by_model[route.model] = entry
         self.models = tuple(sorted(self._by_model))
-        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
 
-    def client_timeout(self, connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
-        """aiohttp's per-request timeout object, made once per distinct value."""
-        key = (connect_s, read_s)
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            if len(self._timeouts) >= 64:  # client-chosen deadlines must not grow it forever
-                self._timeouts.clear()
-            timeout = self._timeouts[key] = aiohttp.ClientTimeout(sock_connect=connect_s,
-                                                                  sock_read=read_s)
-        return timeout
+    def route_groups(self) -> list[frozenset[str]]:
+        """The factory ids of each route (outlier detection's ejection cap is per route)."""
+        return [frozenset(e.id for e in entry.plan.endpoints) for entry in self._exact.values()]
 
     def route(self, model: str, traffic_class: str = "default") -> RouteEntry | None:
         entry = self._exact.get((model, traffic_class))

@@ -23,6 +23,7 @@ from tdn.domain import SitePolicy
 
 from .admin import build_admin_app
 from .credentials import Credentials
+from .http_server import HttpServer
 from .live_policy import LivePolicy, check_acceptable
 from .metering import Meter
 from .metrics import SidecarMetrics
@@ -108,6 +109,8 @@ class Sidecar:
                 metrics=self.metrics, channel_credentials=channel_credentials,
                 backoff=settings.backoff)
         self._runners: list[web.AppRunner] = []
+        self._server: HttpServer | None = None
+        self._proxy_started = False
         self._ports: dict[str, int] = {}
         self._client_task: asyncio.Task[None] | None = None
         self._usage_task: asyncio.Task[None] | None = None
@@ -122,11 +125,16 @@ class Sidecar:
                 log.info("routing on saved policy version %r from %s", saved.version,
                          self.disk.path)
         try:
-            # Cancelling a proxy handler when its client goes away closes the upstream request
-            # at once, instead of letting a factory generate tokens nobody will read.
-            self._ports["proxy"] = await self._serve(self.proxy.app(), self.settings.listen,
-                                                     handler_cancellation=True,
-                                                     reuse_port=self.settings.reuse_port)
+            await self.proxy.start()
+            self._proxy_started = True
+            # The proxy port has a server of its own (see http_server: why not aiohttp's); a
+            # request whose client goes away is cancelled, which closes its upstream request
+            # at once instead of letting a factory generate tokens nobody will read.
+            self._server = HttpServer(self.proxy.dispatch,
+                                      max_body_bytes=self.settings.proxy.max_body_bytes)
+            host, port = parse_address(self.settings.listen)
+            self._ports["proxy"] = await self._server.start(host, port,
+                                                            reuse_port=self.settings.reuse_port)
             admin = build_admin_app(self.live, self.metrics, self.settings.node_id,
                                     self.settings.site)
             self._ports["admin"] = await self._serve(admin, self.settings.admin)
@@ -145,18 +153,15 @@ class Sidecar:
                  self.settings.node_id, self.settings.site, self.proxy_host, self.proxy_port,
                  parse_address(self.settings.admin)[0], self.admin_port)
 
-    async def _serve(self, app: web.Application, address: str, *,
-                     handler_cancellation: bool = False, reuse_port: bool = False) -> int:
+    async def _serve(self, app: web.Application, address: str) -> int:
         host, port = parse_address(address)
-        # aiohttp's own access log is off: the proxy writes one structured line per request.
         runner = web.AppRunner(app, access_log=None,
-                               shutdown_timeout=self.settings.shutdown_timeout_s,
-                               handler_cancellation=handler_cancellation)
+                               shutdown_timeout=self.settings.shutdown_timeout_s)
         await runner.setup()
         self._runners.append(runner)
-        # reuse_port only for the proxy port: admin ports stay one per process, so that a scrape
-        # always reaches the process it names.
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        # No reuse_port here: admin ports stay one per process, so that a scrape always
+        # reaches the process it names.
+        site = web.TCPSite(runner, host, port)
         await site.start()
         bound: int = runner.addresses[0][1]
         return bound
@@ -172,6 +177,12 @@ class Sidecar:
         if usage is not None:
             usage.cancel()
             await asyncio.wait([usage])
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(self.settings.shutdown_timeout_s)
+        if self._proxy_started:
+            self._proxy_started = False
+            await self.proxy.stop()
         runners, self._runners = self._runners, []
         for runner in reversed(runners):
             await runner.cleanup()

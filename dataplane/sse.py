@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 DONE = b"data: [DONE]\n\n"
 # An event that has not ended after this many bytes is not an SSE event of an OpenAI stream.
 MAX_EVENT_BYTES = 1024 * 1024
@@ -172,8 +174,8 @@ class StreamScan:
 
     def _parsed(self, event: bytes, body: bytes) -> bytes | None:
         try:
-            doc = json.loads(body)
-        except (ValueError, RecursionError):
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
             self.broken = Break("malformed_chunk", "sent a chunk that is not valid JSON")
             return None
         if not isinstance(doc, dict):

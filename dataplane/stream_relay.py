@@ -20,11 +20,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 
-import aiohttp
-
 from .failover import TRANSPORT_ERRORS, classify
 from .overhead import OverheadClock
 from .sse import Break, StreamScan
+from .upstream_client import UpstreamResponse
 
 # After the last finish reason, how long to wait for the usage chunk and [DONE].
 FINISH_GRACE_S = 1.0
@@ -32,19 +31,19 @@ FINISH_GRACE_S = 1.0
 Write = Callable[[bytes], Awaitable[None]]
 
 
-async def pump(upstream: aiohttp.ClientResponse, scan: StreamScan, write: Write,
+async def pump(upstream: UpstreamResponse, scan: StreamScan, write: Write,
                clock: OverheadClock, idle_timeout_s: float) -> Break | None:
     """Relay ``upstream`` through ``scan`` to ``write`` until it ends; see the module doc."""
-    content = upstream.content
+    read = upstream.readany
     while not scan.done:
         started = perf_counter()
         try:
             if scan.finished:
                 async with asyncio.timeout(min(FINISH_GRACE_S, idle_timeout_s)):
-                    chunk = await content.readany()
+                    chunk = await read()
             else:
-                # The idle timeout is the request's sock_read timeout (see exchange).
-                chunk = await content.readany()
+                # The idle timeout is the response's read timeout (see exchange).
+                chunk = await read()
         except TimeoutError:
             if scan.finished:
                 return None

@@ -80,11 +80,14 @@ class Tenants:
         """The tenant of a request with these headers."""
         if not self._by_digest:
             return ANONYMOUS
-        key = headers.get("Authorization", "")
-        if key[:7].lower() == "bearer ":
-            key = key[7:].strip()
-        else:
-            key = headers.get("api-key", "").strip()
+        return self.tenant_of(headers.get("Authorization"), headers.get("api-key"))
+
+    def tenant_of(self, authorization: str | None, api_key: str | None) -> str:
+        """The tenant of a request that sent these ``Authorization`` and ``api-key`` values."""
+        if not self._by_digest:
+            return ANONYMOUS
+        key = authorization or ""
+        key = key[7:].strip() if key[:7].lower() == "bearer " else (api_key or "").strip()
         if not key:
             return ANONYMOUS
         return self._by_digest.get(key_digest(key), ANONYMOUS)

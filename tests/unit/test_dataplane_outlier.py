@@ -245,3 +245,26 @@ def test_a_new_policy_forgets_suspicions_of_factories_it_drops() -> None:
     d.configure(CONFIG, ["b"])
     d.configure(CONFIG, ["a", "b"])
     assert d.available("a", 0.1)
+
+
+def test_the_ejection_cap_is_per_route_so_broken_factories_elsewhere_do_not_block_one() -> None:
+    # Three routes, each a primary with the shared backup "good" (the data-plane benchmark's
+    # failover drills): two broken primaries already out must not keep the third in rotation.
+    d = OutlierDetector()
+    d.configure(CONFIG, ["good", "p1", "p2", "p3"],
+                [["p1", "good"], ["p2", "good"], ["p3", "good"]])
+    for fid in ("p1", "p2", "p3"):
+        fail(d, fid, 3)
+        assert d.is_ejected(fid)
+    # Within one route the cap still holds: "good" is the only one left in each.
+    fail(d, "good", 3)
+    assert not d.is_ejected("good")
+
+
+def test_a_factory_serving_several_routes_is_ejected_only_if_each_stays_within_the_cap() -> None:
+    d = OutlierDetector()
+    d.configure(CONFIG, ["a", "b", "c", "d"], [["a", "b"], ["a", "c", "d", "b"]])
+    fail(d, "b", 3)
+    assert d.is_ejected("b")
+    fail(d, "a", 3)  # route 1 would lose both of its factories
+    assert not d.is_ejected("a")
