@@ -41,9 +41,10 @@ from bench.routing_topology import MODEL, GroupModel, Topology
 from tdn.dataplane.balancer import Balancer
 from tdn.dataplane.deadlines import derived_from_ttft
 from tdn.domain import FactoryEndpoint, FactoryState, Plan, SitePolicy
+from tdn.policy import DEFAULT_POLICY
 from tdn.topology.compile import compile_site_policies
 from tdn.topology.hold import hold_lost_routes
-from tdn.topology.options import SolveOptions
+from tdn.topology.options import SolveOptions, options_from_policy
 from tdn.topology.solver import solve
 
 SOLVE_PERIOD_S = 60.0
@@ -168,7 +169,8 @@ class TdnRouter:
         # separates the plan's quality from how the solver reacts to load telemetry.
         self.load_telemetry = load_telemetry
         self.topology = topology
-        self.options = options or SolveOptions()
+        # By default what the control plane solves with under the default policy.
+        self.options = options or options_from_policy(DEFAULT_POLICY)
         self.no_solve = tuple(no_solve)
         self.sidecars = {s.id: SidecarModel() for s in topology.sites}
         self.sites = topology.solver_sites()

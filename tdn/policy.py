@@ -147,6 +147,15 @@ class Policy:
     tier_factors: tuple[tuple[Tier, float], ...] = ()
     capacity_headroom: float = 0.2
     queueing_steepness: float = 0.1
+    # The chance per factory that a request's queueing wait breaks its TTFT SLO at the planned
+    # load (M/M/c): what bounds planned load below the headroom. 1 turns the bound off.
+    slo_miss_target: float = 0.01
+    # The largest share of a route one factory carries when the route has enough eligible
+    # factories (else an equal split over them): a burst or a failure hits part of it only.
+    max_primary_share: float = 0.34
+    # Keep a factory that is the only one some traffic may use (on-site, residency) for that
+    # traffic: other routes use it as a backup only.
+    reserve_sole_factories: bool = True
     churn_penalty: float = 0.1
     backups: Backups = field(default_factory=Backups)
     solver: SolverSettings = field(default_factory=SolverSettings)

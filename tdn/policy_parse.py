@@ -486,12 +486,22 @@ def _parse(w: _Walker, root: yaml.Node) -> Policy:
             pass
 
     headroom, steepness, churn = 0.2, 0.1, 0.1
+    miss_target, max_share, reserve = 0.01, 0.34, True
     if "capacity" in top:
         try:
-            cap = w.mapping(top["capacity"][1], "capacity", {"headroom", "queueing_steepness"})
+            cap = w.mapping(top["capacity"][1], "capacity",
+                            {"headroom", "queueing_steepness", "slo_miss_target",
+                             "max_primary_share", "reserve_sole_factories"})
             headroom = w.field(cap, "headroom", "capacity",
                                lambda n, p: w.number(n, p, high=1.0, high_open=True), 0.2)
             steepness = w.field(cap, "queueing_steepness", "capacity", w.number, 0.1)
+
+            def share(n: yaml.Node, p: str) -> float:
+                return w.number(n, p, low=0.0, high=1.0, low_open=True)
+
+            miss_target = w.field(cap, "slo_miss_target", "capacity", share, 0.01)
+            max_share = w.field(cap, "max_primary_share", "capacity", share, 0.34)
+            reserve = w.field(cap, "reserve_sole_factories", "capacity", w.boolean, True)
         except _Skip:
             pass
     if "churn" in top:
@@ -583,6 +593,9 @@ def _parse(w: _Walker, root: yaml.Node) -> Policy:
         tier_factors=w.field(top, "tiers", "", _bind(w, _tiers), ()),
         capacity_headroom=headroom,
         queueing_steepness=steepness,
+        slo_miss_target=miss_target,
+        max_primary_share=max_share,
+        reserve_sole_factories=reserve,
         churn_penalty=churn,
         backups=backups,
         solver=solver,

@@ -92,11 +92,13 @@ def compile_site_policies(plan: Plan, factories: Sequence[FactoryState], sites: 
     """
     refs = credential_refs or {}
     by_id = {f.spec.id: f for f in factories}
-    site_ids = sorted({s.id for s in sites} | {site for site, _ in plan.routes})
+    # One pass over the plan's routes (Plan.routes_for_site scans them all, once per site).
+    by_site: dict[str, list[Route]] = {s.id: [] for s in sites}
+    for site, route in plan.routes:
+        by_site.setdefault(site, []).append(route)
     policies: dict[str, SitePolicy] = {}
-    for site in site_ids:
-        routes = _decorated(tuple(_shippable(r, by_id) for r in plan.routes_for_site(site)),
-                            policy)
+    for site in sorted(by_site):
+        routes = _decorated(tuple(_shippable(r, by_id) for r in by_site[site]), policy)
         referenced = sorted({fid for r in routes for fid in r.factory_ids()})
         site_policy = SitePolicy(
             site=site,

@@ -43,6 +43,13 @@ class Check(IntEnum):
     TTFT_SLO = 10
     PER_TOKEN_SLO = 11
     AT_CAPACITY = 12
+    # Not judged per factory but per plan (tdn.topology.problem): the factory is the only one
+    # some other traffic may use, so it is kept for that traffic and is a backup only here.
+    RESERVED = 13
+
+
+RESERVED_FOR_SOLE_TRAFFIC = ("reserved for traffic that may use no other factory "
+                             "(a backup only for this route)")
 
 
 def zone_not_allowed(zone: str, site: str) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tdn.domain import Demand, Plan, Route, Site
 from tdn.topology.costs import request_cost
-from tdn.topology.eligibility import judge
+from tdn.topology.eligibility import RESERVED_FOR_SOLE_TRAFFIC, Check, judge
 from tdn.topology.estimates import planned_loads, request_duration_s
 from tdn.topology.failover import FailureModel
 from tdn.topology.problem import (
@@ -97,11 +97,13 @@ def _queueing(inputs: SolveInputs, load: float, capacity: float, duration: float
 @dataclass(frozen=True, slots=True)
 class _Solved:
     """The solver's own view of a plan: each factory's fill in the LP's capacity units, and per
-    factory of the explained group its pair (request duration, capacity scale, SLO-safe load)."""
+    factory of the explained group its pair (request duration, capacity scale, SLO-safe load,
+    share cap), and the factories reserved for other traffic (a backup only here)."""
 
     problem: Problem
     fill: dict[str, float]
-    pairs: dict[str, tuple[float, float, float]]
+    pairs: dict[str, tuple[float, float, float, float]]
+    reserved: frozenset[str] = frozenset()
 
     def queueing(self, inputs: SolveInputs, factory_id: str) -> float | None:
         """The LP's marginal queueing cost of one more request of the group at the factory."""
@@ -116,7 +118,7 @@ class _Solved:
         else:
             k = min(int(self.fill.get(factory_id, 0.0) / capacity * len(marginals)),
                     len(marginals) - 1)
-        duration, scale, _ = pair
+        duration, scale, _, _ = pair
         return marginals[k] * duration * scale
 
 
@@ -136,12 +138,15 @@ def _solved(inputs: SolveInputs, plan: Plan, key: GroupKey) -> _Solved:
             if fid in weights:
                 fill[fid] = fill.get(fid, 0.0) + weights[fid] * float(problem.concurrency[j])
     pairs = {}
+    reserved = set()
     if key in index:
         for j in problem.pairs(index[key]):
-            pairs[ft.id(int(problem.factory[j]))] = (
-                float(problem.duration[j]), float(problem.scale[j]),
-                float(problem.slo_safe_load[j]))
-    return _Solved(problem, fill, pairs)
+            fid = ft.id(int(problem.factory[j]))
+            pairs[fid] = (float(problem.duration[j]), float(problem.scale[j]),
+                          float(problem.slo_safe_load[j]), float(problem.share_cap[j]))
+            if int(problem.check[j]) == int(Check.RESERVED):
+                reserved.add(fid)
+    return _Solved(problem, fill, pairs, frozenset(reserved))
 
 
 def _protection(model: FailureModel, key: GroupKey, route: Route) -> tuple[str, ...]:
@@ -226,7 +231,12 @@ def explain(inputs: SolveInputs, plan: Plan, site_id: str, model: str,
         static = sum(v for _, v in terms)
         costs = (*terms, ("queueing", queueing), ("total", static + queueing))
         if role:
-            explained.append(FactoryExplanation(fid, role, weight, costs, verdict.reason))
+            reason = verdict.reason or (RESERVED_FOR_SOLE_TRAFFIC if fid in solved.reserved
+                                        else "")
+            explained.append(FactoryExplanation(fid, role, weight, costs, reason))
+        elif fid in solved.reserved:
+            explained.append(FactoryExplanation(fid, "eligible", 0.0, costs,
+                                                RESERVED_FOR_SOLE_TRAFFIC))
         elif verdict.reason:  # cordoned: may catch failovers, was not needed as a backup
             explained.append(FactoryExplanation(fid, "eligible", 0.0, costs,
                                                 f"{verdict.reason}; not chosen as a backup"))
@@ -268,7 +278,8 @@ def _total(inputs: SolveInputs, demand: Demand, site: Site, factory_id: str,
 
 def _slo_safe_notes(solved: _Solved, route: Route, failure: FailureModel) -> list[str]:
     """Per primary: the load the plan puts there against the load at which this group's
-    requests still meet their SLO (the solver's own numbers, from the same problem)."""
+    requests still meet their SLO (the solver's own numbers, from the same problem), and
+    whether its share is held at the route's share cap (``capacity.max_primary_share``)."""
     ft = solved.problem.factories
     out = []
     for w in route.primary:
@@ -276,5 +287,7 @@ def _slo_safe_notes(solved: _Solved, route: Route, failure: FailureModel) -> lis
         if pair is not None:
             slots = ft.states[ft.index[w.factory_id]].spec.max_concurrency
             out.append(f"{w.factory_id}: {failure.base.get(w.factory_id, 0.0):.1f} in flight "
-                       f"planned, SLO-safe for this class up to {pair[2]:.1f} of {slots} slots")
+                       f"planned, SLO-safe for this class up to {pair[2]:.1f} of {slots} slots"
+                       + (f"; share held at the cap of {pair[3]:.2f} per factory"
+                          if pair[3] < 1.0 and w.weight >= pair[3] - 1e-3 else ""))
     return out

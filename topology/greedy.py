@@ -129,6 +129,7 @@ class _WaterFiller:
         for f in range(len(ft)):
             self._reprice(f)
         self.conc = problem.concurrency
+        self.cap = problem.share_cap
         self.factory = problem.factory
         self.previous = problem.previous
         self.rate = problem.objective_rate.tolist()
@@ -183,6 +184,7 @@ class _WaterFiller:
         tps = self.tokens[g]
         if tps > 0 and math.isfinite(self.tokens_left[f]):
             amount = min(amount, self.tokens_left[f] / tps)
+        amount = min(amount, float(self.cap[j]) - self.shares[j])
         kept = float(self.previous[j]) - self.shares[j]
         if self.churn[g] > 0 and kept > _EPSILON:
             amount = min(amount, kept)  # the slice up to the previous share is priced apart
@@ -196,6 +198,10 @@ class _WaterFiller:
         marginal: Floats = self.v_static[g] + np.where(
             np.isfinite(price), self.v_conc[g] * np.where(np.isfinite(price), price, 0.0),
             math.inf)
+        pairs = self.v_pair[g]
+        full = self.x[pairs] >= self.cap[pairs] - _EPSILON
+        if full.any():
+            marginal = np.where(full, math.inf, marginal)  # at its share cap: closed
         churn = self.churn[g]
         if churn > 0:
             # Keeping the previous split is cheaper than moving: below its previous share a
@@ -361,7 +367,8 @@ class _WaterFiller:
         index = np.arange(len(prim))
         # A slice entering at its factory's next-slot price: each group's best and second best.
         price = self.price[f]
-        enter = enter_static + np.where(np.isfinite(price),
+        cap_room = p.share_cap[prim] - shares  # share a pair may still take
+        enter = enter_static + np.where(np.isfinite(price) & (cap_room > _EPSILON),
                                         conc * np.where(np.isfinite(price), price, 0.0),
                                         math.inf)
         best = np.minimum.reduceat(enter, runs)[np.searchsorted(runs, index, side="right") - 1]
@@ -399,7 +406,8 @@ class _WaterFiller:
         loses = np.where(on & movable & np.isfinite(alt),
                          (alt - leave_static) / safe_conc, math.inf)
         dearest_factory = np.where(dearest_at[g] >= 0, f[np.maximum(dearest_at[g], 0)], -1)
-        gains = np.where(np.isfinite(dearest[g]) & movable & (dearest_factory != f),
+        gains = np.where(np.isfinite(dearest[g]) & movable & (dearest_factory != f)
+                         & (cap_room > _EPSILON),
                          (dearest[g] - enter_static) / safe_conc, -math.inf)
         F = len(self.load)
         cheapest_loss = np.full(F, math.inf)
@@ -447,6 +455,9 @@ class _WaterFiller:
                 slots = shares[ia] * conc[ia]
                 if ja >= 0 and conc[ja] > 0:
                     slots = min(slots, room[other_a] / conc[ja] * conc[ia])
+                if ja >= 0:
+                    slots = min(slots, cap_room[ja] * conc[ia])
+                slots = min(slots, cap_room[ib] * conc[ib])
                 if jb >= 0:
                     slots = min(slots, shares[jb] * conc[ib], in_top[other_b] / conc[jb]
                                 * conc[ib] if conc[jb] > 0 else math.inf)

@@ -1,8 +1,9 @@
 """The routing LP, solved with OR-Tools GLOP by column generation.
 
 Variables, for each group g and primary-eligible factory f *in the model*:
-  x[g,f] in [0,1]   share of g served by f; when the previous plan gave f a share p > 0 it is
-                    split into y in [0,p] and z in [0,1-p], priced cost - churn and cost + churn,
+  x[g,f] in [0,c]   share of g served by f, at most its share cap c (problem.share_caps);
+                    when the previous plan gave f a share p > 0 it is split into y in
+                    [0,min(p,c)] and z in [0,max(c-p,0)], priced cost - churn and cost + churn,
                     which charges churn * |x - p| without extra rows
   u[g]   in [0,1]   share of g left unserved (priced far above any real cost, so an overloaded
                     network still has a plan and says what it could not carry)
@@ -252,9 +253,11 @@ class _Model:
         charged = p.has_previous[g] & (churn > 0)
         prev = np.where(charged, p.previous[pairs], 0.0)
         full = rate * (p.cost[pairs] + np.where(charged, churn, 0.0))
+        cap = p.share_cap[pairs]
         split = prev > 0
         pair = np.concatenate((pairs, pairs[split]))
-        upper = np.concatenate((np.where(split, prev, 1.0), 1.0 - prev[split]))
+        upper = np.concatenate((np.where(split, np.minimum(prev, cap), cap),
+                                np.maximum(cap[split] - prev[split], 0.0)))
         price = np.concatenate((np.where(split, full - 2.0 * rate * churn, full), full[split]))
         order = np.argsort(pair, kind="stable")
         return pair[order], upper[order], price[order], float(np.sum(rate * churn * prev))

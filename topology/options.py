@@ -45,6 +45,16 @@ class SolveOptions:
     # A factory with a smaller share of a group than this is dropped from its primary set: a
     # sliver of traffic buys a connection pool and a failure mode, not capacity.
     min_primary_share: float = 0.01
+    # The largest share of a group one factory may carry when the group has enough eligible
+    # factories (else 1 / their number): spreads a group so that a burst or a failure lands
+    # on part of it only (:func:`tdn.topology.problem.share_caps`). 1 (here) turns the bound
+    # off; an operator's policy sets it, 0.34 by default (``capacity.max_primary_share``).
+    max_primary_share: float = 1.0
+    # Keep a factory that is the only one some group may use (its on-site factory, for
+    # residency-bound traffic) for such groups: others use it as a backup only
+    # (:func:`tdn.topology.problem.reserve_sole_factories`). An operator's policy sets it, on
+    # by default (``capacity.reserve_sole_factories``).
+    reserve_sole_factories: bool = False
     # (tier, factor) multiplying every cost of a factory of that tier: 1 neutral, 0.8 a bonus.
     tier_factors: tuple[tuple[Tier, float], ...] = ()
     # What backup levels must differ in: "failure_domain" (region plus rack) or "region".
@@ -80,6 +90,9 @@ class SolveOptions:
             raise ValueError("SolveOptions.backup_depth must be >= 0")
         if not self.min_primary_share < 0.5:
             raise ValueError("SolveOptions.min_primary_share must be < 0.5")
+        if not 0.0 < self.max_primary_share <= 1.0:
+            raise ValueError(
+                f"SolveOptions.max_primary_share is {self.max_primary_share}; must be in (0, 1]")
         for tier, factor in self.tier_factors:
             if not math.isfinite(factor) or factor <= 0:
                 raise ValueError(f"SolveOptions tier factor for {tier} is {factor!r}; must be > 0")
@@ -101,8 +114,10 @@ def options_from_policy(policy: Policy, base: SolveOptions | None = None) -> Sol
         time_limit_s=policy.solver.time_limit_s,
         queueing_steepness=policy.queueing_steepness,
         queueing_segments=b.queueing_segments,
-        slo_miss_target=b.slo_miss_target,
+        slo_miss_target=policy.slo_miss_target,
         min_primary_share=b.min_primary_share,
+        max_primary_share=policy.max_primary_share,
+        reserve_sole_factories=policy.reserve_sole_factories,
         tier_factors=policy.tier_factors,
         backup_domain=policy.backups.domain,
         min_candidates=b.min_candidates,

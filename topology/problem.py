@@ -30,6 +30,7 @@ from tdn.topology.eligibility import (
     DOES_NOT_SERVE_MODEL,
     DRAINED,
     HEALTH_UNKNOWN,
+    RESERVED_FOR_SOLE_TRAFFIC,
     UNHEALTHY,
     Check,
     per_token_exceeded,
@@ -192,6 +193,9 @@ class Problem:
     previous: Floats  # the previous plan's primary weight (0 when none)
     primary: Bools  # check is OK: may carry primary traffic
     backup_capable: Bools  # check is OK or CORDONED: may catch failovers
+    # The largest share of its group a pair may carry (see share_caps): the LP's column bound,
+    # the greedy's too.
+    share_cap: Floats
 
     @property
     def group_count(self) -> int:
@@ -243,6 +247,7 @@ _FIXED_REASONS = {
     Check.DRAINED: DRAINED,
     Check.AT_CAPACITY: AT_CAPACITY,
     Check.CORDONED: CORDONED,
+    Check.RESERVED: RESERVED_FOR_SOLE_TRAFFIC,
 }
 
 
@@ -324,12 +329,14 @@ def build_problem(factories: Sequence[FactoryState], sites: Sequence[Site],
          int(Check.PRICE_CAP), int(Check.TTFT_SLO), int(Check.PER_TOKEN_SLO),
          int(Check.AT_CAPACITY), int(Check.CORDONED)],
         default=int(Check.OK)).astype(np.int64)
+    if options.reserve_sole_factories:
+        check = reserve_sole_factories(g, f, check, G, len(ft))
 
     # A small network keeps every pair, so the plan can list every exclusion. A large one
     # keeps only the pairs that may carry traffic, plus every pair of a group that has none
     # (so its plan can say why): listing, say, every US factory as "zone not allowed" for
     # every EU group would cost more than the solve. Explain re-judges any pair on demand.
-    usable = check <= int(Check.CORDONED)
+    usable = _backup_capable(check)
     keep = np.ones(len(g), dtype=np.bool_)
     if len(g) > EXCLUSIONS_LISTED_UP_TO:
         has_usable = np.zeros(G, dtype=np.bool_)
@@ -361,6 +368,7 @@ def build_problem(factories: Sequence[FactoryState], sites: Sequence[Site],
             prev_share[j] = shares.get(ft.id(int(f[j])), 0.0)
 
     primary = check == int(Check.OK)
+    caps = share_caps(g, primary, G, options)
     safe = _slo_safe_loads(ft, g, f, primary=primary, duration=duration,
                            slack=ttft_slo[g] - ttft, weight=np.maximum(rate, MIN_OBJECTIVE_RATE),
                            options=options)
@@ -385,8 +393,52 @@ def build_problem(factories: Sequence[FactoryState], sites: Sequence[Site],
         start=start, group=g, factory=f, check=check, cost=cost, duration=duration,
         concurrency=in_flight * scale, in_flight=in_flight, scale=scale, slo_safe_load=safe,
         ttft=ttft, previous=prev_share, primary=primary,
-        backup_capable=check <= int(Check.CORDONED),
+        backup_capable=_backup_capable(check), share_cap=caps,
     )
+
+
+def _backup_capable(check: Ints) -> Bools:
+    """Pairs that may catch failovers: eligible, cordoned, or reserved for other traffic."""
+    out: Bools = (check <= int(Check.CORDONED)) | (check == int(Check.RESERVED))
+    return out
+
+
+def reserve_sole_factories(g: Ints, f: Ints, check: Ints, group_count: int,
+                           factory_count: int) -> Ints:
+    """``check`` with every factory that is the only eligible one of some group (its on-site
+    factory, for traffic that must not leave the building) reserved for such groups: any other
+    group may use it as a backup, not as a primary, unless it has no other factory either.
+
+    A plan's weights hold between solves, so a share of another group planned there lands on
+    it whatever its sole users' load is at the moment, and those have nowhere else to go: in
+    the routing benchmark a tenth of an office's chat traffic (6.5 s requests) on its on-site
+    factory cost the residency-bound code traffic of that office 9 points of SLO attainment
+    in bursts. Every other group has somewhere else to go, and may still fail over there."""
+    ok = check == int(Check.OK)
+    options = np.bincount(g[ok], minlength=group_count)
+    sole = np.zeros(factory_count, dtype=np.bool_)
+    sole[f[ok & (options[g] == 1)]] = True
+    reserved = ok & sole[f] & (options[g] > 1)
+    # A group whose every option is some other group's only one keeps them all.
+    left = options - np.bincount(g[reserved], minlength=group_count)
+    reserved &= left[g] > 0
+    out = check.copy()
+    out[reserved] = int(Check.RESERVED)
+    return out
+
+
+def share_caps(g: Ints, primary: Bools, group_count: int, options: SolveOptions) -> Floats:
+    """Per pair, the largest share of its group one factory may be planned to carry:
+    ``options.max_primary_share``, or 1 / (the group's primary-eligible factories) where there
+    are too few for that, so the caps always leave room for the whole group.
+
+    A plan holds between solves: a group wholly on its cheapest factory sends that factory all
+    of its next burst (the benchmark's code traffic reaches 20x its mean for seconds at a site)
+    and all of its traffic to the backups when the factory dies. Spread over a few factories,
+    each takes only its part of the burst, and a failure moves only that part."""
+    eligible = np.bincount(g[primary], minlength=group_count).astype(np.float64)
+    floor = 1.0 / np.maximum(eligible, 1.0)
+    return np.minimum(np.maximum(floor[g], options.max_primary_share), 1.0)
 
 
 def _slo_safe_loads(ft: FactoryTable, g: Ints, f: Ints, *, primary: Bools, duration: Floats,

@@ -310,3 +310,43 @@ def test_errors_found_after_parsing_name_the_place_in_the_file_not_the_sorted_on
                     "unknown site 'frankfurt' in zone 'on-site:frankfurt' "
                     "(known: fra-office, nyc-office)"),
     )
+
+
+def test_slo_miss_target_and_max_primary_share_reach_the_solver() -> None:
+    from tdn.topology.options import options_from_policy
+
+    policy = parsed("""\
+        capacity: {slo_miss_target: 0.05, max_primary_share: 0.5}
+        """)
+    assert (policy.slo_miss_target, policy.max_primary_share) == (0.05, 0.5)
+    options = options_from_policy(policy)
+    assert (options.slo_miss_target, options.max_primary_share) == (0.05, 0.5)
+    defaults = options_from_policy(DEFAULT_POLICY)
+    assert (defaults.slo_miss_target, defaults.max_primary_share) == (0.01, 0.34)
+    assert parse_policy(canonical_yaml(policy), "c.yaml").policy == policy
+
+
+def test_slo_miss_target_and_max_primary_share_must_be_shares_above_zero() -> None:
+    assert errors_of("""\
+        capacity:
+          slo_miss_target: 0
+          max_primary_share: 1.5
+        """) == [
+        (4, "capacity.slo_miss_target", "0 is out of range: must be > 0 and <= 1"),
+        (5, "capacity.max_primary_share", "1.5 is out of range: must be > 0 and <= 1"),
+    ]
+    assert errors_of("capacity: {slo_miss_target: often}\n") == [
+        (3, "capacity.slo_miss_target", "expected a number, got 'often'")]
+
+
+def test_reserving_sole_factories_is_on_by_default_and_may_be_turned_off() -> None:
+    from tdn.topology.options import options_from_policy
+
+    assert DEFAULT_POLICY.reserve_sole_factories is True
+    assert options_from_policy(DEFAULT_POLICY).reserve_sole_factories is True
+    off = parsed("capacity: {reserve_sole_factories: false}\n")
+    assert options_from_policy(off).reserve_sole_factories is False
+    assert parse_policy(canonical_yaml(off), "c.yaml").policy == off
+    [(line, key, reason)] = errors_of("capacity: {reserve_sole_factories: 1}\n")
+    assert (line, key) == (3, "capacity.reserve_sole_factories")
+    assert "boolean" in reason or "true" in reason

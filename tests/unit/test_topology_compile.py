@@ -63,6 +63,16 @@ def test_each_site_gets_a_consistent_policy_shipping_only_its_routed_factories()
     assert policies["idle"].factories == () and policies["idle"].routes == ()
 
 
+def test_a_site_the_plan_routes_gets_its_routes_in_plan_order_even_when_not_listed() -> None:
+    batch = Route("m", "batch", primary=(WeightedFactory("b", 1.0),))
+    plan = dataclasses.replace(PLAN, routes=(*PLAN.routes, ("fra", batch)))
+    policies = compile_site_policies(plan, FACTORIES, [IDLE])
+    assert sorted(policies) == ["fra", "idle", "nyc"]
+    assert [(r.model, r.traffic_class) for r in policies["fra"].routes] == [
+        ("m", "default"), ("m", "batch")]
+    assert [r.primary for r in policies["nyc"].routes] == [(WeightedFactory("c", 1.0),)]
+
+
 def test_endpoints_carry_url_failure_domain_price_credential_and_a_rounded_up_p99() -> None:
     policies = compile_site_policies(PLAN, FACTORIES, [FRA], credential_refs={"a": "key-a"})
     a = policies["fra"].endpoint("a")

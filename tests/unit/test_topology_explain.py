@@ -4,6 +4,8 @@ losing a primary or its region does to the route."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tdn.domain import (
@@ -56,6 +58,9 @@ POLICY = Policy(
                     max_output_price_per_mtok=3.0),),
     classes=(TrafficClass(name="default", slo=Slo(ttft_s=2.0, per_token_s=0.05)),),
     models=(ModelRule(name="m", aliases=("chat",)),),
+    # These answers are about roles, costs and exclusions with the whole group on its cheapest
+    # factory; the share cap has its own test below.
+    max_primary_share=1.0,
 )
 DEMAND = [Demand(site="fra", model="m", rate_rps=1.0)]
 
@@ -154,3 +159,15 @@ def test_each_primary_shows_its_planned_load_against_its_slo_safe_load() -> None
     assert 30.0 < safe <= 40.0
     assert (f"cheap: 4.3 in flight planned, SLO-safe for this class up to {safe:.1f} of 50 "
             "slots") in answer.notes
+
+
+def test_a_primary_held_at_the_share_cap_says_so() -> None:
+    capped = dataclasses.replace(POLICY, max_primary_share=0.34)
+    result = solve_detailed(FACTORIES, [FRA], DEMAND, policy=capped)
+    answer = explain(result.inputs, result.plan, "fra", "chat")
+    primaries = {f.factory_id: f.weight for f in answer.factories if f.role == "primary"}
+    # cheap, backup and idle are the three eligible factories: a third each at most.
+    assert set(primaries) == {"cheap", "backup", "idle"}
+    assert max(primaries.values()) <= 0.34 + 1e-9
+    assert any(n.startswith("cheap: ") and n.endswith("share held at the cap of 0.34 per factory")
+               for n in answer.notes)

@@ -56,13 +56,16 @@ def generated(seed: int) -> tuple[list[FactoryState], list[Site], list[Demand]]:
 
 
 @pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("cap", [1.0, 0.34])
 def test_greedy_never_plans_past_capacity_nor_outside_a_groups_eligible_factories(
-        seed: int) -> None:
+        seed: int, cap: float) -> None:
     factories, sites, demands = generated(seed)
-    problem = build_problem(factories, sites, demands, None, SolveOptions())
+    problem = build_problem(factories, sites, demands, None,
+                            SolveOptions(max_primary_share=cap))
     solution = assign_greedily(problem, "fallback:test")
     x, unserved = solution.x, solution.unserved
     assert np.all(x[~problem.primary] == 0.0), "a share on a factory the group may not use"
+    assert np.all(x <= problem.share_cap + 1e-9), "a share above the group's share cap"
     assert np.all(x >= 0.0) and np.all((unserved >= 0.0) & (unserved <= 1.0 + 1e-9))
     served = np.bincount(problem.group, weights=x, minlength=problem.group_count)
     np.testing.assert_allclose(served + unserved, 1.0, atol=1e-9)
@@ -136,12 +139,14 @@ def test_the_group_stranded_is_the_one_whose_requests_are_worth_least_per_slot()
 
 
 @pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("cap", [1.0, 0.34])
 def test_greedy_is_never_cheaper_than_the_lp_optimum_and_the_same_input_gives_the_same_plan(
-        seed: int) -> None:
+        seed: int, cap: float) -> None:
     factories, sites, demands = generated(seed)
-    optimum = solve(factories, sites, demands)
-    first = greedy(factories, sites, demands)
-    again = greedy(list(reversed(factories)), sites, list(reversed(demands)))
+    options = SolveOptions(max_primary_share=cap)
+    optimum = solve(factories, sites, demands, options=options)
+    first = greedy(factories, sites, demands, options=options)
+    again = greedy(list(reversed(factories)), sites, list(reversed(demands)), options=options)
     assert (first.routes, first.status, first.objective) == (
         again.routes, again.status, again.objective)
     if optimum.status.startswith("optimal"):

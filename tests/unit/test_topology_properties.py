@@ -24,7 +24,7 @@ from tdn.domain import (
     Tier,
 )
 from tdn.policy import Policy, Slo, Tenant, TrafficClass
-from tdn.topology.eligibility import judge, on_site_elsewhere
+from tdn.topology.eligibility import RESERVED_FOR_SOLE_TRAFFIC, Check, judge, on_site_elsewhere
 from tdn.topology.estimates import itl_s, request_duration_s, ttft_estimate_s
 from tdn.topology.failover import failure_model
 from tdn.topology.options import options_from_policy
@@ -188,8 +188,20 @@ def test_the_vectorised_judge_agrees_with_the_scalar_one_explain_uses(
         kept = {problem.factories.id(int(problem.factory[j])): (int(problem.check[j]),
                                                                 problem.exclusion_reason(j))
                 for j in problem.pairs(g)}
-        # A small network keeps every pair: each verdict, and its reason word for word.
-        assert kept == {fid: (int(v.check), v.reason) for fid, v in verdicts.items()}
+        # A small network keeps every pair: each verdict, and its reason word for word; except
+        # that the plan reserves a factory some other group may use alone (judged eligible).
+        assert kept.keys() == verdicts.keys()
+        for fid, (check, reason) in kept.items():
+            if check == int(Check.RESERVED):
+                assert verdicts[fid].check is Check.OK
+                assert reason == RESERVED_FOR_SOLE_TRAFFIC
+                assert problem.primary[problem.pairs(g)].any(), "reserved its last factory"
+                sole = [h for h in range(problem.group_count) if h != g
+                        and [int(problem.factory[j]) for j in problem.pairs(h)
+                             if problem.primary[j]] == [problem.factories.index[fid]]]
+                assert sole, f"{fid} reserved though no group depends on it alone"
+            else:
+                assert (check, reason) == (int(verdicts[fid].check), verdicts[fid].reason)
 
 
 @PROPERTY_SETTINGS

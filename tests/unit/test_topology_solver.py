@@ -354,3 +354,76 @@ def test_same_input_gives_the_identical_plan_whatever_the_input_order() -> None:
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="capacity_headroom"):
         solve([], [FRA], [], options=SolveOptions(capacity_headroom=1.0))
+
+
+# The share cap of the default policy (capacity.max_primary_share).
+CAPPED = dataclasses.replace(CAPACITY_ONLY, max_primary_share=0.34)
+
+
+def test_no_factory_carries_more_than_the_share_cap_of_a_route_with_enough_factories() -> None:
+    # Four factories, cheapest first; one request in flight: capacity binds nowhere, so only
+    # the share cap (0.34) keeps the group off "a" alone. The cheapest three fill to the cap.
+    factories = [factory("a", 0.10), factory("b", 0.11), factory("c", 0.12),
+                 factory("d", 0.13)]
+    for plan in (solve(factories, [FRA], [demand(0.2)], options=CAPPED),
+                 greedy(factories, [FRA], [demand(0.2)], options=CAPPED)):
+        assert split(route_of(plan)) == pytest.approx({"a": 0.34, "b": 0.34, "c": 0.32}, abs=0.005)
+        # Losing the cheapest factory moves a third of the route, not all of it.
+        assert set(serving(route_of(plan), frozenset({"a"}))) == {"b", "c"}
+    # Without the cap (the solver's own default) the cheapest takes it all.
+    assert split(route_of(solve(factories, [FRA], [demand(0.2)], options=CAPACITY_ONLY))) == {
+        "a": 1.0}
+
+
+def test_a_route_with_too_few_eligible_factories_is_split_evenly_over_them() -> None:
+    two = [factory("a", 0.10), factory("b", 0.50)]
+    assert split(route_of(solve(two, [FRA], [demand(0.2)], options=CAPPED))) == {
+        "a": 0.5, "b": 0.5}
+    # Residency leaves one factory: it carries everything, cap or not.
+    onsite = [factory("office", 1.0, zone="on-site:fra", tier=Tier.ON_SITE, site="fra"),
+              factory("a", 0.10)]
+    plan = solve(onsite, [FRA], [demand(0.2, allowed_zones=("on-site:fra",))],
+                 options=CAPPED)
+    assert split(route_of(plan)) == {"office": 1.0}
+
+
+def test_a_previous_share_above_the_cap_is_brought_down_to_it_despite_churn() -> None:
+    factories = [factory("a", 0.10), factory("b", 0.11), factory("c", 0.12)]
+    first = solve(factories, [FRA], [demand(0.2)], options=CAPACITY_ONLY)
+    assert split(route_of(first)) == {"a": 1.0}
+    for again in (solve(factories, [FRA], [demand(0.2)], previous=first, version=2,
+                        options=CAPPED),
+                  greedy(factories, [FRA], [demand(0.2)], previous=first, version=2,
+                         options=CAPPED)):
+        assert split(route_of(again)) == pytest.approx({"a": 0.34, "b": 0.34, "c": 0.32},
+                                                       abs=0.005)
+
+
+def test_a_factory_some_traffic_may_use_alone_is_kept_for_it_and_a_backup_for_the_rest() -> None:
+    # "onsite-fra" is cheap and near, but the office's confidential class may use nothing
+    # else: chat goes to the edges, and may still fail over on-site.
+    onsite = factory("onsite-fra", 0.01, tier=Tier.ON_SITE, site="fra", zone="on-site:fra",
+                     domain="office")
+    factories = [onsite, factory("edge-1", 1.0, domain="r1"), factory("edge-2", 1.0,
+                                                                       domain="r2")]
+    confidential = dataclasses.replace(demand(1.0, allowed_zones=("on-site:fra",)),
+                                       traffic_class="confidential")
+    demands = [demand(1.0), confidential]
+    reserving = dataclasses.replace(CAPACITY_ONLY, reserve_sole_factories=True)
+    plan = solve(factories, [FRA], demands, options=reserving)
+    routes = {r.traffic_class: r for r in plan.routes_for_site("fra")}
+    assert split(routes["confidential"]) == {"onsite-fra": 1.0}
+    assert "onsite-fra" not in split(routes["default"])
+    assert "onsite-fra" in {w.factory_id for level in routes["default"].backups
+                            for w in level}
+    assert ("fra", "m", "default", "onsite-fra",
+            "reserved for traffic that may use no other factory (a backup only for this route)"
+            ) in plan.exclusions
+    inputs = SolveInputs(tuple(factories), (FRA,), tuple(demands), reserving)
+    why = {f.factory_id: (f.role, f.excluded_by) for f in explain(inputs, plan, "fra", "m")
+           .factories}
+    assert why["onsite-fra"][0] != "primary"
+    assert why["onsite-fra"][1].startswith("reserved for traffic that may use no other")
+    # Off (the solver's own default), the cheap on-site factory takes the chat too.
+    assert "onsite-fra" in split({r.traffic_class: r for r in solve(
+        factories, [FRA], demands, options=CAPACITY_ONLY).routes_for_site("fra")}["default"])
