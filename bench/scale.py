@@ -5,7 +5,8 @@ gap to the LP optimum (≤ 1%).
 Each measurement runs in a fresh process (:mod:`bench.scale_worker`): its peak RSS (VmHWM) over
 what it held before the solve is the solve's memory, OR-Tools' C++ allocations included (which
 tracemalloc would not see), and a solve that runs away is stopped by a timeout instead of stopping
-the benchmark. Solves use the control plane's default options (time limit included), so the
+the benchmark. Solves use what the control plane runs under the default policy (its options,
+time limit, per-route share cap and sole-factory reservation included), so the
 status column says whether the LP finished or the greedy fallback stood. Rounds are interleaved
 across sizes and medians reported; CPU seconds are shown beside wall seconds because the machine
 is shared. Default run: a few minutes; ``--quick``: about one.
@@ -110,8 +111,8 @@ def report(sizes: list[tuple[int, int]], solves: dict[tuple[int, int], list[dict
     lines = [
         "Command: `python -m bench scale" + (" --quick`" if quick else "`") +
         f". Median of {rounds} interleaved round(s) per size (one for sizes over a minute); "
-        "each solve in a fresh process with default `SolveOptions` (its 2 s time limit "
-        "included). Instances: regions of 25 factories in two compliance zones, each factory "
+        "each solve in a fresh process with the default policy's options, as the control "
+        "plane runs them (2 s time limit, per-route share cap, sole factories reserved). Instances: regions of 25 factories in two compliance zones, each factory "
         "serving 3 of 10 models, demand groups = sites x 10 models x 2 classes, fleet sized "
         "for ~60% load. Memory: peak RSS of the solving process above its RSS before the "
         "solve. Greedy gap: `greedy()` (the fallback as the solver runs it, refined for at "

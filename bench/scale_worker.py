@@ -6,8 +6,9 @@ The instance is generated deterministically: regions of ~25 factories in two com
 factories of three tiers serving 3 of 10 models each, consumer sites in every region, demand
 groups = sites x models x 2 traffic classes, rates drawn so the network is about 60% loaded.
 
-``solve`` times :func:`tdn.topology.solver.solve` with default options, as the control plane runs
-it (its own time limit, greedy fallback on timeout). ``optimum`` solves the same instance with a
+``solve`` times :func:`tdn.topology.solver.solve` with the options and rules of the default
+operator policy, exactly as the control plane runs it (its own time limit, greedy fallback on
+timeout, the per-route share cap and the reservation of sole factories). ``optimum`` solves the same instance with a
 generous time limit and runs the greedy fallback alone; both plans carry the LP's objective
 (price, latency, carbon, energy, queueing, unserved penalty), so their ratio is the greedy's gap.
 """
@@ -15,6 +16,7 @@ generous time limit and runs the greedy fallback alone; both plans carry the LP'
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -32,12 +34,15 @@ from tdn.domain import (
     Site,
     Tier,
 )
-from tdn.topology.options import SolveOptions
+from tdn.policy import DEFAULT_POLICY
+from tdn.topology.options import SolveOptions, options_from_policy
 from tdn.topology.solver import greedy, solve
 
 MODELS = tuple(f"model-{i}" for i in range(10))
 CLASSES = ("interactive", "batch")
 FACTORIES_PER_REGION = 25
+# What the control plane solves with when no operator policy was applied.
+CONTROL_PLANE_OPTIONS = options_from_policy(DEFAULT_POLICY, SolveOptions())
 
 
 def _vm(field: str) -> int:
@@ -110,7 +115,7 @@ def measure_solve(n_factories: int, n_groups: int) -> dict[str, object]:
     before = _vm("VmRSS")
     cpu = time.process_time()
     started = time.perf_counter()
-    plan = solve(factories, sites, demands)
+    plan = solve(factories, sites, demands, options=CONTROL_PLANE_OPTIONS, policy=DEFAULT_POLICY)
     seconds = time.perf_counter() - started
     # CPU time too: on a shared two-core machine wall time includes other people's work.
     return {"seconds": seconds, "cpu_s": time.process_time() - cpu,
@@ -122,10 +127,12 @@ def measure_optimum(n_factories: int, n_groups: int, time_limit_s: float) -> dic
     :func:`tdn.topology.solver.greedy` reports the LP objective of its assignment."""
     factories, sites, demands = instance(n_factories, n_groups)
     started = time.perf_counter()
-    fallback = greedy(factories, sites, demands)
+    fallback = greedy(factories, sites, demands, options=CONTROL_PLANE_OPTIONS,
+                      policy=DEFAULT_POLICY)
     greedy_s = time.perf_counter() - started
     started = time.perf_counter()
-    optimum = solve(factories, sites, demands, options=SolveOptions(time_limit_s=time_limit_s))
+    optimum = solve(factories, sites, demands, policy=DEFAULT_POLICY,
+                    options=dataclasses.replace(CONTROL_PLANE_OPTIONS, time_limit_s=time_limit_s))
     lp_s = time.perf_counter() - started
     lp_value = optimum.objective
     return {"greedy_s": greedy_s, "lp_s": lp_s, "lp_status": optimum.status.split(";")[0],
