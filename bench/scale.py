@@ -112,7 +112,8 @@ def report(sizes: list[tuple[int, int]], solves: dict[tuple[int, int], list[dict
         "Command: `python -m bench scale" + (" --quick`" if quick else "`") +
         f". Median of {rounds} interleaved round(s) per size (one for sizes over a minute); "
         "each solve in a fresh process with the default policy's options, as the control "
-        "plane runs them (2 s time limit, per-route share cap, sole factories reserved). Instances: regions of 25 factories in two compliance zones, each factory "
+        "plane runs them (2 s time limit, per-route share cap, sole factories reserved). "
+        "Instances: regions of 25 factories in two compliance zones, each factory "
         "serving 3 of 10 models, demand groups = sites x 10 models x 2 classes, fleet sized "
         "for ~60% load. Memory: peak RSS of the solving process above its RSS before the "
         "solve. Greedy gap: `greedy()` (the fallback as the solver runs it, refined for at "

@@ -8,9 +8,10 @@ groups = sites x models x 2 traffic classes, rates drawn so the network is about
 
 ``solve`` times :func:`tdn.topology.solver.solve` with the options and rules of the default
 operator policy, exactly as the control plane runs it (its own time limit, greedy fallback on
-timeout, the per-route share cap and the reservation of sole factories). ``optimum`` solves the same instance with a
-generous time limit and runs the greedy fallback alone; both plans carry the LP's objective
-(price, latency, carbon, energy, queueing, unserved penalty), so their ratio is the greedy's gap.
+timeout, the per-route share cap and the reservation of sole factories). ``optimum`` solves the
+same instance with a generous time limit and runs the greedy fallback alone; both plans carry the
+LP's objective (price, latency, carbon, energy, queueing, unserved penalty), so their ratio is the
+greedy's gap.
 """
 
 from __future__ import annotations
