@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from tdn.controlplane.operator_auth import bearer_credential
+
 COOKIE = "tdn_session"
 LOGIN_PATH = "/login"
 # Reachable without the token: liveness probes, Prometheus, the login form and static files.
@@ -78,9 +80,8 @@ class TokenGate:
         app.router.add_post(LOGIN_PATH, self._login)
 
     def authorised(self, request: web.Request) -> bool:
-        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-                credential.strip().encode(), self._token):
+        if hmac.compare_digest(bearer_credential(request.headers.get("Authorization", "")),
+                               self._token):
             return True
         cookie = request.cookies.get(COOKIE, "")
         return bool(cookie) and hmac.compare_digest(cookie.encode(), self._session)

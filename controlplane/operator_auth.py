@@ -45,13 +45,19 @@ def read_token_file(path: str | Path) -> str:
     return token
 
 
+def bearer_credential(value: str | bytes) -> bytes:
+    """The credential of an ``Authorization: Bearer <token>`` value; empty for any other."""
+    raw = value.encode() if isinstance(value, str) else value
+    scheme, _, credential = raw.partition(b" ")
+    return credential.strip() if scheme.lower() == b"bearer" else b""
+
+
 def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bytes:
     for key, value in metadata or ():
         if key.lower() == "authorization":
-            raw = value.encode() if isinstance(value, str) else value
-            scheme, _, credential = raw.partition(b" ")
-            if scheme.lower() == b"bearer":
-                return credential.strip()
+            credential = bearer_credential(value)
+            if credential:
+                return credential
     return b""
 
 

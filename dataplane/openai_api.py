@@ -9,7 +9,6 @@ for the rare paths that must write a new body (a fallback model, a continuation)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +74,7 @@ class ProxiedRequest:
             options = doc.get("stream_options")
             doc["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                      "include_usage": True}
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        return orjson.dumps(doc)  # compact UTF-8, as the body was parsed
 
 
 def _kind(value: Any) -> str:

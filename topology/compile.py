@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 
 from tdn.domain import FactoryEndpoint, FactoryState, Plan, Route, Site, SitePolicy
 from tdn.policy import DEFAULT_POLICY, Policy
@@ -42,16 +42,16 @@ def _endpoint(factory: FactoryState, credential_ref: str) -> FactoryEndpoint:
     )
 
 
-def _shippable(route: Route, known: Mapping[str, FactoryState]) -> Route:
-    """The route without factories that are no longer known (removed between solve and compile),
-    primaries renormalised, empty backup levels dropped."""
-    if all(fid in known for fid in route.factory_ids()):
+def restrict_route(route: Route, keep: Container[str]) -> Route:
+    """The route with only the factories in ``keep``: primaries and each backup level
+    renormalised, empty backup levels dropped (the route itself when nothing goes)."""
+    if all(fid in keep for fid in route.factory_ids()):
         return route
     primary = rounded_weights({w.factory_id: w.weight for w in route.primary
-                               if w.factory_id in known})
+                               if w.factory_id in keep})
     backups = []
     for level in route.backups:
-        kept = rounded_weights({w.factory_id: w.weight for w in level if w.factory_id in known})
+        kept = rounded_weights({w.factory_id: w.weight for w in level if w.factory_id in keep})
         if kept:
             backups.append(kept)
     return dataclasses.replace(route, primary=primary, backups=tuple(backups))
@@ -98,7 +98,7 @@ def compile_site_policies(plan: Plan, factories: Sequence[FactoryState], sites: 
         by_site.setdefault(site, []).append(route)
     policies: dict[str, SitePolicy] = {}
     for site in sorted(by_site):
-        routes = _decorated(tuple(_shippable(r, by_id) for r in by_site[site]), policy)
+        routes = _decorated(tuple(restrict_route(r, by_id) for r in by_site[site]), policy)
         referenced = sorted({fid for r in routes for fid in r.factory_ids()})
         site_policy = SitePolicy(
             site=site,

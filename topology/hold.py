@@ -25,9 +25,9 @@ from collections.abc import Iterable, Sequence
 
 from tdn.domain import Demand, FactoryLoad, FactoryState, Health, Plan, Route, Site
 from tdn.policy import DEFAULT_POLICY, Policy
+from tdn.topology.compile import restrict_route
 from tdn.topology.eligibility import AT_CAPACITY, HEALTH_UNKNOWN, UNHEALTHY, Check, judge
 from tdn.topology.requirements import requirement
-from tdn.topology.weights import rounded_weights
 
 # Exclusions that come from telemetry, which a blind or lagging control plane gets wrong.
 HOLDABLE_REASONS = frozenset({HEALTH_UNKNOWN, UNHEALTHY, AT_CAPACITY})
@@ -43,16 +43,13 @@ def _is_empty(route: Route) -> bool:
 
 def _held(route: Route, holdable: set[str]) -> Route | None:
     """``route`` with only the factories in ``holdable``, or None when none are left."""
-    primary = rounded_weights({w.factory_id: w.weight for w in route.primary
-                               if w.factory_id in holdable})
-    levels = [rounded_weights({w.factory_id: w.weight for w in level
-                               if w.factory_id in holdable}) for level in route.backups]
-    backups = [level for level in levels if level]
-    if not primary and backups:
-        primary = backups.pop(0)  # the first backup level carries what the primaries did
-    if not primary:
+    kept = restrict_route(route, holdable)
+    if kept.primary:
+        return kept
+    if not kept.backups:
         return None
-    return dataclasses.replace(route, primary=primary, backups=tuple(backups))
+    # The first backup level carries what the primaries did.
+    return dataclasses.replace(kept, primary=kept.backups[0], backups=kept.backups[1:])
 
 
 def _policy_allows(key: _Key, factory: FactoryState, demands: Sequence[Demand],
