@@ -113,9 +113,11 @@ class SolveLoop:
         self._quiet = quiet
         self._max_delay = max_delay
         self._warmup = warmup
-        self._options = options or SolveOptions()
-        # The settings' options stand until an operator policy is applied.
-        self._base_options = self._options
+        # The settings' options carry what a policy does not set; until an operator applies
+        # one, the built-in default policy's knobs (share cap, sole-factory reservation) apply,
+        # so a fresh control plane routes as the policy documentation and the benchmarks say.
+        self._base_options = options or SolveOptions()
+        self._options = options_from_policy(DEFAULT_POLICY, self._base_options)
         self._policy: Policy = DEFAULT_POLICY
         self._policy_revision = 0
         self.demand = demand or DemandEstimator(demands, sites=[s.id for s in sites],

@@ -300,18 +300,26 @@ async def test_observed_usage_becomes_the_demand_the_next_solve_plans_for(
 async def test_a_price_jump_is_significant_drift_and_re_routes_without_waiting(
         tmp_path: Path) -> None:
     async with running(tmp_path) as cp, channel(cp) as ch:
+        # The default policy spreads fra's traffic evenly over its two eu factories (share
+        # cap); without the cap the whole route follows the price. Applied before any plan, so
+        # no churn penalty holds an earlier split in place.
+        uncapped = "apiVersion: tdn/v1\nkind: Policy\ncapacity:\n  max_primary_share: 1\n"
+        assert (await operator(ch).ApplyPolicy(doc(uncapped), metadata=USER)).applied
         agent = Agent(ch)
         await report_all(agent)
         sidecar = Sidecar(ch, "sc-fra", "fra")
         await sidecar.subscribe()
 
-        def primaries(r: discovery_pb2.DiscoveryResponse) -> set[str]:
-            return {w.factory_id for route in r.policy.routes for w in route.primary}
+        def share(r: discovery_pb2.DiscoveryResponse, factory: str) -> float:
+            return sum(w.weight for route in r.policy.routes if route.model == MODEL
+                       for w in route.primary if w.factory_id == factory)
 
-        await sidecar.next_where(lambda r: "eu-1" in primaries(r))
+        # eu-1 is the cheaper: it carries most of the route (the rest is what its SLO-safe
+        # load leaves to eu-2).
+        await sidecar.next_where(lambda r: share(r, "eu-1") > share(r, "eu-2"))
         # No health, admin or membership change: only the drift check can ask for this solve
         # (the periodic one is 30 s away).
         dearer = Price(input_per_mtok=1.0, output_per_mtok=5.0)
         assert (await agent.send(report(EU_1, seq=2, price=dearer))).accepted
-        await sidecar.next_where(lambda r: primaries(r) == {"eu-2"})
+        await sidecar.next_where(lambda r: share(r, "eu-2") > share(r, "eu-1"))
         sidecar.close()
