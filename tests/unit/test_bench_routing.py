@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from bench.routing import GREEN_NAME, GREEN_POLICY, Outcome, goals
 from bench.routing_routers import Baseline, LiteLlm, baselines
-from bench.routing_sim import Failure, Req, Simulation, percentile, summarise
+from bench.routing_sim import Failure, Req, Simulation, Summary, percentile, summarise
 from bench.routing_tdn import SidecarModel, TdnRouter
 from bench.routing_topology import SITES, Topology, build_topology
 from bench.routing_trace import DataMissing, GridMonth, diurnal, load_trace, shared_data_dir
 from tdn.domain import FactoryEndpoint, Route, SitePolicy, Tier, WeightedFactory
+from tdn.policy import DEFAULT_POLICY
+from tdn.policy_parse import parse_policy
+from tdn.topology.options import options_from_policy
 
 GRID = {c: GridMonth(c, "2023-11", g, 80.0)
         for c, g in (("SWE", 26.0), ("FRA", 43.0), ("DEU", 403.0), ("POL", 742.0))}
@@ -297,3 +301,38 @@ def test_tdn_routes_every_group_by_a_real_solve_and_fails_over_without_one() -> 
     fallback = sidecar.choose(req(100, 1.0), 1.0)
     if route.backups:
         assert fallback in {w.factory_id for level in route.backups for w in level}
+
+
+def _summary(slo: float, cost: float, gco2: float) -> Summary:
+    return Summary(requests=100, errors=0, cost_per_mtok=cost, ttft_p50_s=0.1, ttft_p99_s=1.0,
+                   slo_attainment=slo, gco2_per_mtok=gco2, utilisation=0.6)
+
+
+def test_the_green_policy_is_parsed_as_an_operator_would_write_it() -> None:
+    options = options_from_policy(parse_policy(GREEN_POLICY, "green.yaml").policy)
+    default = options_from_policy(DEFAULT_POLICY)
+    assert (options.carbon_weight, options.latency_weight) == (3.0, 0.5)
+    # Everything else (SLO machinery, share cap, headroom) is the default policy's.
+    assert options.max_primary_share == default.max_primary_share
+    assert options.capacity_headroom == default.capacity_headroom
+
+
+def test_goals_judge_carbon_per_policy_and_only_at_equal_or_better_slo() -> None:
+    def outcome(slo: float, cost: float, gco2: float, choice: float = 0.95) -> Outcome:
+        s = _summary(slo, cost, gco2)
+        return Outcome(s, s, s, 0, "", factory_choice=choice)
+
+    outcomes = {
+        "TDN": outcome(0.97, 0.67, 17.3, choice=0.981),
+        GREEN_NAME: outcome(0.9732, 0.663, 17.0),
+        "least-latency": outcome(0.9692, 0.859, 24.4, choice=0.998),
+    }
+    text = "\n".join(goals(outcomes))
+    default_line, green_line = (line for line in text.splitlines() if "carbon ≥ 30%" in line)
+    assert "29.1% lower" in default_line and "**missed**" in default_line
+    assert "30.3% lower" in green_line and "**met**" in green_line
+    assert "on the traffic that had a choice of factory 98.10% (least-latency 99.80%)" in text
+    # Lower carbon bought with a worse SLO than the router compared with is not a win.
+    outcomes[GREEN_NAME] = outcome(0.96, 0.663, 10.0)
+    green_line = next(line for line in goals(outcomes) if "green policy" in line)
+    assert "**missed**" in green_line
