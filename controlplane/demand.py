@@ -19,12 +19,20 @@ mean sends a surge where only the mean fits. The estimator therefore keeps a sec
 rates: a surge shapes the next plan at once, a lull waits for the policy's half-life before
 capacity is given back. (The routing benchmark's control plane does the same.)
 
-A group (site, model) never seen in usage keeps the network file's demand; once seen, the
-observation wins, including its decay towards zero when traffic stops. Usage carries no traffic
-class, so an observed rate is split over the classes the network file lists for that site and
-model, in their configured proportions (all of it "default" when none are listed), and each class
-keeps its configured SLO. Time is the control plane's receive time: sidecars' clocks may be
-skewed, and a report's own window length is only used to date the first observation.
+Classes: usage records carry the requests' traffic class, so sums are kept per (site, model,
+class). A class the sidecar names that is neither listed for that site and model in the network
+file nor defined in the policy is counted as "default": the sidecar served it on the default
+route, and a client must not be able to create demand groups by inventing class names. Records
+without a class (sidecars that predate the field) are split over the classes the network file
+lists for that site and model, in their configured proportions (all "default" when none are
+listed). Each class keeps its configured SLO (the policy's class SLO applies on top, as for
+configured demand).
+
+A (site, model) never seen in usage keeps the network file's demand; once any of its classes is
+seen, the observations win, including their decay towards zero when traffic stops, and a
+configured class with no observed traffic is planned at zero. Time is the control plane's receive
+time: sidecars' clocks may be skewed, and a report's own window length is only used to date the
+first observation.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ SURGE_HALF_LIFE_S = 60.0
 
 @dataclass(slots=True)
 class _Smoothed:
-    """Decayed sums for one (site, model), as of ``at``."""
+    """Decayed sums for one (site, model, class), as of ``at``."""
 
     first: float
     at: float
@@ -63,8 +71,11 @@ class _Smoothed:
             self.at = now
 
 
+Key = tuple[str, str, str]  # (site, served model, traffic class)
+
+
 class DemandEstimator:
-    """Per-(site, model) request rates from usage reports; see the module docstring."""
+    """Per-(site, model, class) request rates from usage reports; see the module docstring."""
 
     def __init__(self, configured: Sequence[Demand], *, sites: Iterable[str] = (),
                  half_life_s: float = DEFAULT_HALF_LIFE_S,
@@ -74,8 +85,8 @@ class DemandEstimator:
         self._clock = clock
         self._tau = half_life_s / math.log(2)
         self._surge_tau = min(SURGE_HALF_LIFE_S, half_life_s) / math.log(2)
-        self._groups: dict[tuple[str, str], _Smoothed] = {}
-        self._surges: dict[tuple[str, str], _Smoothed] = {}
+        self._groups: dict[Key, _Smoothed] = {}
+        self._surges: dict[Key, _Smoothed] = {}
         self.ignored_reports = 0
 
     def set_half_life(self, half_life_s: float) -> None:
@@ -83,6 +94,30 @@ class DemandEstimator:
             raise ValueError(f"half-life must be positive, not {half_life_s}")
         self._tau = half_life_s / math.log(2)
         self._surge_tau = min(SURGE_HALF_LIFE_S, half_life_s) / math.log(2)
+
+    def _configured_by_group(self, policy: Policy) -> dict[tuple[str, str], list[Demand]]:
+        out: dict[tuple[str, str], list[Demand]] = {}
+        for d in self._configured:
+            model = policy.resolve_model(d.model)
+            out.setdefault((d.site, model), []).append(replace(d, model=model))
+        return out
+
+    def _classes(self, record: usage_pb2.UsageRecord, configured: Sequence[Demand],
+                 policy: Policy) -> list[tuple[str, float]]:
+        """(class, share of the record) for one record; see the module docstring."""
+        name = record.traffic_class
+        if name:
+            known = name == "default" or any(d.traffic_class == name for d in configured) \
+                or policy.traffic_class(name) is not None
+            return [(name if known else "default", 1.0)]
+        if not configured:
+            return [("default", 1.0)]
+        total = sum(d.rate_rps for d in configured)
+        shares: dict[str, float] = {}
+        for d in configured:
+            share = d.rate_rps / total if total > 0 else 1.0 / len(configured)
+            shares[d.traffic_class] = shares.get(d.traffic_class, 0.0) + share
+        return sorted(shares.items())
 
     def observe(self, report: usage_pb2.UsageReport, now: float | None = None,
                 policy: Policy = DEFAULT_POLICY) -> None:
@@ -95,42 +130,63 @@ class DemandEstimator:
         if report.HasField("window_start") and report.HasField("window_end"):
             window = max((report.window_end.ToNanoseconds()
                           - report.window_start.ToNanoseconds()) / 1e9, 0.0)
+        configured = self._configured_by_group(policy)
         for sums, tau in ((self._groups, self._tau), (self._surges, self._surge_tau)):
             # The counts were spread over the window, not all made now: weighed as such, a
             # steady rate reported in windows gives exactly the continuous estimate.
             spread = 1.0 if window <= 0 else -math.expm1(-window / tau) * tau / window
             for record in report.records:
-                key = (report.site, policy.resolve_model(record.model))
-                group = sums.get(key)
-                if group is None:
-                    # The counts cover the window before now: date it from the window's start.
-                    group = sums[key] = _Smoothed(first=now - window, at=now)
-                group.decay_to(now, tau)
-                group.requests += record.requests * spread
-                group.prompt_tokens += record.prompt_tokens * spread
-                group.completion_tokens += record.completion_tokens * spread
+                model = policy.resolve_model(record.model)
+                parts = configured.get((report.site, model), [])
+                for name, share in self._classes(record, parts, policy):
+                    key = (report.site, model, name)
+                    group = sums.get(key)
+                    if group is None:
+                        # The counts cover the window before now: date it from its start.
+                        group = sums[key] = _Smoothed(first=now - window, at=now)
+                    group.decay_to(now, tau)
+                    weight = spread * share
+                    group.requests += record.requests * weight
+                    group.prompt_tokens += record.prompt_tokens * weight
+                    group.completion_tokens += record.completion_tokens * weight
 
     def observed(self) -> frozenset[tuple[str, str]]:
-        return frozenset(self._groups)
+        """The (site, model) groups some usage was seen for."""
+        return frozenset((site, model) for site, model, _ in self._groups)
 
-    def rate(self, site: str, model: str, now: float | None = None) -> float | None:
-        """Requests per second to plan for — the larger of the smoothed rate and the last
-        minute's (see the module docstring) — or None when (site, model) was never observed."""
+    def rate(self, site: str, model: str, traffic_class: str | None = None,
+             now: float | None = None) -> float | None:
+        """Requests per second to plan for — per class, the larger of the smoothed rate and the
+        last minute's (see the module docstring); summed over the classes seen when
+        ``traffic_class`` is None — or None when nothing was observed."""
         now = self._clock() if now is None else now
-        smoothed = self._rate(self._groups, self._tau, (site, model), now)
-        if smoothed is None:
-            return None
-        surge = self._rate(self._surges, self._surge_tau, (site, model), now)
-        return max(smoothed, surge or 0.0)
+        found = None
+        for key in self._keys(site, model, traffic_class):
+            smoothed = self._rate(self._groups, self._tau, key, now)
+            if smoothed is None:
+                continue
+            surge = self._rate(self._surges, self._surge_tau, key, now)
+            found = (found or 0.0) + max(smoothed, surge or 0.0)
+        return found
 
-    def smoothed_rate(self, site: str, model: str, now: float | None = None) -> float | None:
+    def smoothed_rate(self, site: str, model: str, traffic_class: str | None = None,
+                      now: float | None = None) -> float | None:
         """The policy's half-life estimate alone (no surge term)."""
         now = self._clock() if now is None else now
-        return self._rate(self._groups, self._tau, (site, model), now)
+        found = None
+        for key in self._keys(site, model, traffic_class):
+            smoothed = self._rate(self._groups, self._tau, key, now)
+            if smoothed is not None:
+                found = (found or 0.0) + smoothed
+        return found
+
+    def _keys(self, site: str, model: str, traffic_class: str | None) -> list[Key]:
+        if traffic_class is not None:
+            return [(site, model, traffic_class)]
+        return [k for k in self._groups if k[0] == site and k[1] == model]
 
     @staticmethod
-    def _rate(sums: dict[tuple[str, str], _Smoothed], tau: float, key: tuple[str, str],
-              now: float) -> float | None:
+    def _rate(sums: dict[Key, _Smoothed], tau: float, key: Key, now: float) -> float | None:
         group = sums.get(key)
         if group is None:
             return None
@@ -142,27 +198,29 @@ class DemandEstimator:
                 policy: Policy = DEFAULT_POLICY) -> tuple[Demand, ...]:
         """The demand to plan for now: observed where observed, configured elsewhere."""
         now = self._clock() if now is None else now
-        configured: dict[tuple[str, str], list[Demand]] = {}
-        for d in self._configured:
-            configured.setdefault((d.site, policy.resolve_model(d.model)), []).append(
-                replace(d, model=policy.resolve_model(d.model)))
+        configured = self._configured_by_group(policy)
+        seen: dict[tuple[str, str], set[str]] = {}
+        for site, model, name in self._groups:
+            seen.setdefault((site, model), set()).add(name)
         out: list[Demand] = []
-        for key in sorted(configured.keys() | self._groups.keys()):
-            rate = self.rate(*key, now=now)
-            parts = configured.get(key, [])
-            if rate is None:
-                out.extend(parts)
+        for key in sorted(configured.keys() | seen.keys()):
+            parts = {d.traffic_class: d for d in configured.get(key, [])}
+            classes = seen.get(key)
+            if classes is None:
+                out.extend(configured[key])
                 continue
-            group = self._groups[key]
-            per_request = group.requests if group.requests > 0 else 0.0
-            if not parts:
-                parts = [Demand(site=key[0], model=key[1])]
-            total = sum(p.rate_rps for p in parts)
-            for part in parts:
-                share = part.rate_rps / total if total > 0 else 1.0 / len(parts)
+            for name in sorted(parts.keys() | classes):
+                part = parts.get(name) or Demand(site=key[0], model=key[1], traffic_class=name)
+                if name not in classes:
+                    # Configured, never seen while its siblings are: no traffic to plan for.
+                    out.append(replace(part, rate_rps=0.0))
+                    continue
+                group = self._groups[(key[0], key[1], name)]
+                rate = self.rate(key[0], key[1], name, now=now) or 0.0
+                per_request = group.requests if group.requests > 0 else 0.0
                 out.append(replace(
                     part,
-                    rate_rps=rate * share,
+                    rate_rps=rate,
                     prompt_tokens=(group.prompt_tokens / per_request if per_request
                                    else part.prompt_tokens),
                     output_tokens=(group.completion_tokens / per_request if per_request

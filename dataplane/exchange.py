@@ -317,7 +317,8 @@ class Exchange:
                cached: int = 0) -> None:
         model = self.entry.model
         self.shared.meter.record(self.record.tenant, factory, model, prompt_tokens=prompt,
-                                 completion_tokens=completion, cached_prompt_tokens=cached)
+                                 completion_tokens=completion, cached_prompt_tokens=cached,
+                                 traffic_class=self.record.traffic_class)
         self.shared.metrics.metered(factory.id, factory.tier, model, self.record.tenant,
                                     prompt_tokens=prompt, completion_tokens=completion)
         self.record.prompt_tokens += prompt

@@ -1,4 +1,5 @@
-"""Metered usage: tokens per (tenant, factory, model) for the window being reported, and reading
+"""Metered usage: tokens per (tenant, factory, model, traffic class) for the window being
+reported (the class lets the control plane estimate demand per class), and reading
 the usage out of a non-streamed answer.
 
 Only the attempts that produced what the client received are metered (proto/tdn/v1/usage.proto):
@@ -63,7 +64,7 @@ def usage_from_body(body: bytes) -> dict[str, Any] | None:
 
 @dataclass(slots=True)
 class UsageTotals:
-    """Totals of one (tenant, factory, model) in a window."""
+    """Totals of one (tenant, factory, model, traffic class) in a window."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -76,25 +77,26 @@ class Meter:
     """The current window's usage; :meth:`take` hands it over and starts the next window."""
 
     def __init__(self) -> None:
-        self._totals: dict[tuple[str, str, str], UsageTotals] = {}
+        self._totals: dict[tuple[str, str, str, str], UsageTotals] = {}
         self.window_start = time.time()
 
     def record(self, tenant: str, factory: FactoryEndpoint, model: str, *, prompt_tokens: int,
                completion_tokens: int, cached_prompt_tokens: int = 0,
-               requests: int = 1) -> None:
-        totals = self._totals.get((tenant, factory.id, model))
+               requests: int = 1, traffic_class: str = "default") -> None:
+        key = (tenant, factory.id, model, traffic_class)
+        totals = self._totals.get(key)
         if totals is None:
-            totals = self._totals[(tenant, factory.id, model)] = UsageTotals()
+            totals = self._totals[key] = UsageTotals()
         totals.requests += requests
         totals.prompt_tokens += prompt_tokens
         totals.completion_tokens += completion_tokens
         totals.cached_prompt_tokens += cached_prompt_tokens
         totals.cost += factory.price.cost(prompt_tokens, completion_tokens, cached_prompt_tokens)
 
-    def peek(self) -> dict[tuple[str, str, str], UsageTotals]:
+    def peek(self) -> dict[tuple[str, str, str, str], UsageTotals]:
         return self._totals
 
-    def take(self) -> tuple[float, float, dict[tuple[str, str, str], UsageTotals]]:
+    def take(self) -> tuple[float, float, dict[tuple[str, str, str, str], UsageTotals]]:
         """(window start, window end, totals) of the window now ending."""
         start, end = self.window_start, time.time()
         totals, self._totals = self._totals, {}

@@ -81,8 +81,9 @@ class UsageReporter:
             records=[usage_pb2.UsageRecord(
                 tenant=tenant, factory_id=factory, model=model, requests=t.requests,
                 prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,
-                cached_prompt_tokens=t.cached_prompt_tokens, cost=t.cost)
-                for (tenant, factory, model), t in sorted(totals.items())])
+                cached_prompt_tokens=t.cached_prompt_tokens, cost=t.cost,
+                traffic_class=traffic_class)
+                for (tenant, factory, model, traffic_class), t in sorted(totals.items())])
         report.window_start.FromNanoseconds(int(start * 1e9))
         report.window_end.FromNanoseconds(int(end * 1e9))
         self.pending.append(report)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tdn/v1/usage.proto\x12\x06tdn.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n\x0bUsageRecord\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nfactory_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x04\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x07 \x01(\x04\x12\x0c\n\x04\x63ost\x18\x08 \x01(\x01\"\xc7\x01\n\x0bUsageReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x11\n\treport_id\x18\x03 \x01(\t\x12\x30\n\x0cwindow_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x07records\x18\x06 \x03(\x0b\x32\x13.tdn.v1.UsageRecord\".\n\x08UsageAck\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounted\x18\x02 \x01(\x08\"\x1c\n\nUsageQuery\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"4\n\x0cUsageSummary\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.tdn.v1.UsageRecord2k\n\x05Usage\x12/\n\x06Report\x12\x13.tdn.v1.UsageReport\x1a\x10.tdn.v1.UsageAck\x12\x31\n\x05Query\x12\x12.tdn.v1.UsageQuery\x1a\x14.tdn.v1.UsageSummaryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tdn/v1/usage.proto\x12\x06tdn.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x01\n\x0bUsageRecord\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nfactory_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x04\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x07 \x01(\x04\x12\x0c\n\x04\x63ost\x18\x08 \x01(\x01\x12\x15\n\rtraffic_class\x18\t \x01(\t\"\xc7\x01\n\x0bUsageReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x11\n\treport_id\x18\x03 \x01(\t\x12\x30\n\x0cwindow_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x07records\x18\x06 \x03(\x0b\x32\x13.tdn.v1.UsageRecord\".\n\x08UsageAck\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounted\x18\x02 \x01(\x08\"\x1c\n\nUsageQuery\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"4\n\x0cUsageSummary\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.tdn.v1.UsageRecord2k\n\x05Usage\x12/\n\x06Report\x12\x13.tdn.v1.UsageReport\x1a\x10.tdn.v1.UsageAck\x12\x31\n\x05Query\x12\x12.tdn.v1.UsageQuery\x1a\x14.tdn.v1.UsageSummaryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,15 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tdn.v1.usage_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USAGERECORD']._serialized_start=64
-  _globals['_USAGERECORD']._serialized_end=240
-  _globals['_USAGEREPORT']._serialized_start=243
-  _globals['_USAGEREPORT']._serialized_end=442
-  _globals['_USAGEACK']._serialized_start=444
-  _globals['_USAGEACK']._serialized_end=490
-  _globals['_USAGEQUERY']._serialized_start=492
-  _globals['_USAGEQUERY']._serialized_end=520
-  _globals['_USAGESUMMARY']._serialized_start=522
-  _globals['_USAGESUMMARY']._serialized_end=574
-  _globals['_USAGE']._serialized_start=576
-  _globals['_USAGE']._serialized_end=683
+  _globals['_USAGERECORD']._serialized_end=263
+  _globals['_USAGEREPORT']._serialized_start=266
+  _globals['_USAGEREPORT']._serialized_end=465
+  _globals['_USAGEACK']._serialized_start=467
+  _globals['_USAGEACK']._serialized_end=513
+  _globals['_USAGEQUERY']._serialized_start=515
+  _globals['_USAGEQUERY']._serialized_end=543
+  _globals['_USAGESUMMARY']._serialized_start=545
+  _globals['_USAGESUMMARY']._serialized_end=597
+  _globals['_USAGE']._serialized_start=599
+  _globals['_USAGE']._serialized_end=706
 # @@protoc_insertion_point(module_scope)

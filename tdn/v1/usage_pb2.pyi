@@ -39,6 +39,7 @@ class UsageRecord(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
+    TRAFFIC_CLASS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     factory_id: _builtins.str
     model: _builtins.str
@@ -48,6 +49,11 @@ class UsageRecord(_message.Message):
     cached_prompt_tokens: _builtins.int
     cost: _builtins.float
     """Cost at the factory's prices, in its currency."""
+    traffic_class: _builtins.str
+    """The requests' traffic class (the client's x-tdn-class header, "default" without one): the
+    control plane estimates demand per (site, model, class). Empty from sidecars that predate
+    the field: such counts are split over the classes the network file lists, in proportion.
+    """
     def __init__(
         self,
         *,
@@ -59,10 +65,11 @@ class UsageRecord(_message.Message):
         completion_tokens: _builtins.int = ...,
         cached_prompt_tokens: _builtins.int = ...,
         cost: _builtins.float = ...,
+        traffic_class: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "cost", b"cost", "factory_id", b"factory_id", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "cost", b"cost", "factory_id", b"factory_id", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests", "tenant", b"tenant", "traffic_class", b"traffic_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

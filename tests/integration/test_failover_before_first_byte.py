@@ -242,8 +242,8 @@ async def test_only_the_answering_attempt_is_metered_and_its_usage_passes_throug
             metered = dict(sc.meter.peek())
     assert status == 200
     usage = body["usage"]
-    assert list(metered) == [("anonymous", "healthy", MODEL)]
-    totals = metered[("anonymous", "healthy", MODEL)]
+    assert list(metered) == [("anonymous", "healthy", MODEL, "default")]
+    totals = metered[("anonymous", "healthy", MODEL, "default")]
     assert (totals.requests, totals.prompt_tokens, totals.completion_tokens) == (
         1, usage["prompt_tokens"], usage["completion_tokens"])
     # Priced at the answering factory's prices ($1 in, $2 out per million).

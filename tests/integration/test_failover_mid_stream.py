@@ -118,8 +118,8 @@ async def test_cut_stream_is_continued_on_a_prefill_backup_and_spliced_into_one_
     assert answer.headers["x-tdn-factory"] == "flaky"
     assert 'factory="backup",model="llama-3.1-8b-instruct",result="spliced"' in metrics
     # Each factory is metered for its part: the backup by its own usage.
-    assert metered[("anonymous", "flaky", MODEL)].completion_tokens == CUT_AFTER
-    assert metered[("anonymous", "backup", MODEL)].completion_tokens == len(continuation)
+    assert metered[("anonymous", "flaky", MODEL, "default")].completion_tokens == CUT_AFTER
+    assert metered[("anonymous", "backup", MODEL, "default")].completion_tokens == len(continuation)
 
 
 async def test_backup_that_rejects_prefill_leads_to_a_clean_error_naming_the_original_cut(

@@ -57,10 +57,10 @@ class LossyUsage(usage_pb2_grpc.UsageServicer):
         return usage_pb2.UsageSummary()
 
     def totals(self) -> dict[tuple[str, str, str], tuple[int, int, int]]:
-        out: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+        out: dict[tuple[str, str, str, str], tuple[int, int, int]] = {}
         for report in self.counted.values():
             for r in report.records:
-                key = (r.tenant, r.factory_id, r.model)
+                key = (r.tenant, r.factory_id, r.model, r.traffic_class)
                 req, p, c = out.get(key, (0, 0, 0))
                 out[key] = (req + r.requests, p + r.prompt_tokens, c + r.completion_tokens)
         return out
@@ -91,7 +91,8 @@ async def test_usage_reaches_the_usage_service_per_tenant_and_a_resent_report_co
             async with aiohttp.ClientSession() as s:
                 for headers in ({"Authorization": f"Bearer {TENANT_KEY}"},
                                 {"Authorization": f"Bearer {TENANT_KEY}"},
-                                {"Authorization": "Bearer sk-unknown"}, {}):
+                                {"Authorization": "Bearer sk-unknown"},
+                                {"x-tdn-class": "batch"}):
                     async with s.post(f"{sc.proxy_url}/chat/completions", json=CHAT_BODY,
                                       headers=headers) as r:
                         usages.append((await r.json())["usage"])
@@ -109,11 +110,15 @@ async def test_usage_reaches_the_usage_service_per_tenant_and_a_resent_report_co
     assert all(servicer.calls.count(i) in (1, 2) for i in servicer.counted)
     acme = usages[:2]
     anonymous = usages[2:]
+    # Per traffic class too (the request without a class header is "default"): the control
+    # plane estimates demand per (site, model, class).
     assert servicer.totals() == {
-        ("acme", "edge-1", MODEL): (2, sum(u["prompt_tokens"] for u in acme),
-                                    sum(u["completion_tokens"] for u in acme)),
-        ("anonymous", "edge-1", MODEL): (2, sum(u["prompt_tokens"] for u in anonymous),
-                                         sum(u["completion_tokens"] for u in anonymous)),
+        ("acme", "edge-1", MODEL, "default"): (2, sum(u["prompt_tokens"] for u in acme),
+                                               sum(u["completion_tokens"] for u in acme)),
+        ("anonymous", "edge-1", MODEL, "default"): (1, anonymous[0]["prompt_tokens"],
+                                                    anonymous[0]["completion_tokens"]),
+        ("anonymous", "edge-1", MODEL, "batch"): (1, anonymous[1]["prompt_tokens"],
+                                                  anonymous[1]["completion_tokens"]),
     }
     report = next(iter(servicer.counted.values()))
     assert report.node_id == "sidecar-test" and report.site == "fra-office"

@@ -171,7 +171,7 @@ async def test_body_larger_than_the_sidecar_holds_is_relayed_as_it_comes_and_met
             metered = dict(sc.meter.peek())
     assert status == 200
     assert len(body["data"]) == 2000
-    assert metered[("anonymous", "edge-1", MODEL)].prompt_tokens == 11
+    assert metered[("anonymous", "edge-1", MODEL, "default")].prompt_tokens == 11
 
 
 async def test_large_body_broken_after_it_started_drops_the_client_connection() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from tdn.controlplane.demand import DemandEstimator, DemandObservingLedger
 from tdn.domain import Demand
-from tdn.policy import ModelRule, Policy
+from tdn.policy import ModelRule, Policy, TrafficClass
 from tdn.v1 import usage_pb2
 
 CONFIGURED = (
@@ -22,10 +22,12 @@ HALF_LIFE = 60.0
 
 
 def report(site: str, requests: int, *, model: str = "m", report_id: str = "r", node: str = "s1",
-           window: float = 10.0, prompt: int = 0, completion: int = 0) -> usage_pb2.UsageReport:
+           window: float = 10.0, prompt: int = 0, completion: int = 0,
+           traffic_class: str = "") -> usage_pb2.UsageReport:
     msg = usage_pb2.UsageReport(node_id=node, site=site, report_id=report_id, records=[
         usage_pb2.UsageRecord(tenant="t", factory_id="f", model=model, requests=requests,
-                              prompt_tokens=prompt, completion_tokens=completion)])
+                              prompt_tokens=prompt, completion_tokens=completion,
+                              traffic_class=traffic_class)])
     msg.window_start.FromSeconds(1000)
     msg.window_end.FromNanoseconds(int((1000 + window) * 1e9))
     return msg
@@ -75,7 +77,8 @@ def test_sidecars_of_one_site_add_up() -> None:
     assert estimator.rate("fra", "m", now=600.0) == pytest.approx(5.0, rel=0.02)
 
 
-def test_an_observed_rate_is_split_over_the_configured_classes_and_keeps_their_slos() -> None:
+def test_a_record_without_a_class_is_split_over_the_configured_classes_and_keeps_their_slos(
+        ) -> None:
     estimator = DemandEstimator(CONFIGURED, half_life_s=HALF_LIFE)
     estimator.observe(report("fra", 80, prompt=80_000, completion=16_000), now=10.0)
     demands = estimator.demands(now=10.0)
@@ -128,3 +131,46 @@ def test_a_surge_is_planned_for_at_once_and_a_lull_gives_capacity_back_slowly() 
     t = feed(estimator, "fra", 2.0, 60.0, start=t)
     after = estimator.rate("fra", "m", now=t)
     assert after is not None and after > 4.0
+
+
+def test_records_with_a_class_are_estimated_per_class_not_in_configured_proportions() -> None:
+    estimator = DemandEstimator(CONFIGURED, half_life_s=HALF_LIFE)
+    # The network file says 3:1; the traffic is 1:3, with its own sizes per class.
+    estimator.observe(report("fra", 20, prompt=2_000, completion=400, report_id="a",
+                             traffic_class="default"), now=10.0)
+    estimator.observe(report("fra", 60, prompt=600_000, completion=6_000, report_id="b",
+                             traffic_class="batch"), now=10.0)
+    demands = estimator.demands(now=10.0)
+    assert rates(demands) == pytest.approx({("fra", "m", "default"): 2.0,
+                                            ("fra", "m", "batch"): 6.0,
+                                            ("nyc", "m", "default"): 2.0})
+    by_class = {d.traffic_class: d for d in demands if d.site == "fra"}
+    assert (by_class["batch"].prompt_tokens, by_class["batch"].output_tokens) == (
+        pytest.approx(10_000.0), pytest.approx(100.0))
+    assert by_class["batch"].ttft_slo_s == 30.0 and by_class["default"].ttft_slo_s == 2.0
+    assert estimator.rate("fra", "m", "batch", now=10.0) == pytest.approx(6.0)
+    assert estimator.rate("fra", "m", now=10.0) == pytest.approx(8.0)
+
+
+def test_a_class_nobody_defined_counts_as_default_and_a_policy_class_gets_its_own_group(
+        ) -> None:
+    policy = Policy(classes=(TrafficClass(name="interactive"),))
+    estimator = DemandEstimator(CONFIGURED, half_life_s=HALF_LIFE)
+    # A client inventing class names must not create demand groups: served on the default
+    # route, counted as default.
+    estimator.observe(report("nyc", 30, report_id="a", traffic_class="made-up"), now=10.0,
+                      policy=policy)
+    estimator.observe(report("nyc", 10, report_id="b", traffic_class="interactive"), now=10.0,
+                      policy=policy)
+    assert {k: v for k, v in rates(estimator.demands(now=10.0, policy=policy)).items()
+            if k[0] == "nyc"} == pytest.approx({("nyc", "m", "default"): 3.0,
+                                                ("nyc", "m", "interactive"): 1.0})
+
+
+def test_a_configured_class_with_no_traffic_while_its_siblings_have_some_is_planned_at_zero(
+        ) -> None:
+    estimator = DemandEstimator(CONFIGURED, half_life_s=HALF_LIFE)
+    estimator.observe(report("fra", 50, traffic_class="default"), now=10.0)
+    assert rates(estimator.demands(now=10.0)) == pytest.approx(
+        {("fra", "m", "default"): 5.0, ("fra", "m", "batch"): 0.0,
+         ("nyc", "m", "default"): 2.0})
