@@ -27,7 +27,7 @@ from typing import Protocol
 
 from bench.routing_topology import FactoryModel, Topology
 
-_ARRIVE, _REACH, _FINISH, _RETRY, _FAIL, _RECOVER, _CALL, _DEADLINE = range(8)
+_ARRIVE, _REACH, _FINISH, _RETRY, _FAIL, _RECOVER, _CALL, _DEADLINE, _FIRST = range(9)
 
 
 @dataclass(slots=True, eq=False)
@@ -120,6 +120,9 @@ class Simulation:
         self.failures = tuple(failures)
         self.rng = random.Random(seed)
         self.factories = {f.id: FactoryRuntime(f) for f in topology.factories}
+        # A router that watches first tokens (TDN's sidecar does) is told when each arrives.
+        self._on_first_token: Callable[[Req, str, float], None] | None = getattr(
+            router, "on_first_token", None)
         self.now = 0.0
         self._heap: list[tuple[float, int, int, object, object]] = []
         self._seq = 0
@@ -174,6 +177,12 @@ class Simulation:
             elif kind == _DEADLINE:
                 assert isinstance(a, Req) and isinstance(b, tuple)
                 self._deadline(a, b[0], b[1], when)
+            elif kind == _FIRST:
+                assert isinstance(a, Req) and isinstance(b, tuple)
+                # Still this attempt's first token (not abandoned or lost meanwhile).
+                if (self._on_first_token is not None and a.attempts == b[1]
+                        and a.first_token_at == when and not a.status):
+                    self._on_first_token(a, b[0], when)
             elif kind == _FAIL:
                 assert isinstance(a, str)
                 self._fail(a, when)
@@ -254,6 +263,8 @@ class Simulation:
         req.first_token_at = now + prefill + rtt / 2
         f.active[req.id] = req
         f.ttft_log.append((now + prefill, now + prefill - req.reached))
+        if self._on_first_token is not None:
+            self._push(req.first_token_at, _FIRST, req, (f.model.id, req.attempts))
         duration = prefill + req.output * f.model.itl_s
         self._push(now + duration, _FINISH, req, (f.model.id, f.epoch, req.attempts))
 

@@ -14,7 +14,10 @@ carbon intensity and power price at that hour. The first plan is made from the f
 Each site's sidecar orders a request's candidates with the real balancer
 (:class:`tdn.dataplane.balancer.Balancer`: smooth weighted round-robin pick among the primaries,
 then each backup level, then the other primaries), narrows them by its ejections once per request
-(all of them when none is left: panic), and walks them as ``dataplane/failover.py`` does,
+(all of them when none is left: panic), passes over a first candidate where one of its streams
+has waited longer than ``slow_first_byte_seconds`` for a first token
+(``dataplane/first_byte_watch.py``: the route's other primaries first, then its backups), and
+walks them as ``dataplane/failover.py`` does,
 preferring after a failure a failure domain that has not failed. A factory that failed an
 attempt is ejected (30 s, doubling, as the classic routers'). So a failed primary's share goes to
 the route's first backup level, where the plan reserved capacity for it, *without* a solve.
@@ -40,6 +43,7 @@ from bench.routing_sim import Req, Simulation, percentile
 from bench.routing_topology import MODEL, GroupModel, Topology
 from tdn.dataplane.balancer import Balancer
 from tdn.dataplane.deadlines import derived_from_ttft
+from tdn.dataplane.first_byte_watch import DEFAULT_SLOW_FIRST_BYTE_S, FirstByteWatch, prefer_fast
 from tdn.domain import FactoryEndpoint, FactoryState, Plan, SitePolicy
 from tdn.policy import DEFAULT_POLICY
 from tdn.topology.compile import compile_site_policies
@@ -77,6 +81,11 @@ class SidecarModel:
     suspects: dict[str, float] = field(default_factory=dict)
     misses: dict[str, int] = field(default_factory=dict)
     pending: dict[int, tuple[list[FactoryEndpoint], set[str]]] = field(default_factory=dict)
+    # Its streams awaiting a first token (dataplane/first_byte_watch.py), and each request's
+    # current attempt there.
+    watch: FirstByteWatch = field(default_factory=FirstByteWatch)
+    waiting: dict[int, tuple[str, int]] = field(default_factory=dict)
+    slow_first_byte_s: float = DEFAULT_SLOW_FIRST_BYTE_S
 
     def set_policy(self, policy: SitePolicy) -> None:
         if self.policy is not None and self.policy.routes == policy.routes:
@@ -122,7 +131,11 @@ class SidecarModel:
             # once (all of them when none is left: panic), then walked by the failover loop.
             order = self.balancer.candidates(self.policy, route)
             live = [e for e in order if self._usable(e.id, now)]
-            state = self.pending[req.id] = (live or order, set())
+            # As health.select for a stream: a first candidate slow to start streams right now
+            # is passed over for the route's other primaries, then its backups.
+            ordered, _ = prefer_fast(live or order, {m.factory_id for m in route.primary},
+                                     self.watch, now, self.slow_first_byte_s)
+            state = self.pending[req.id] = (list(ordered), set())
         remaining, failed_domains = state
         if req.tried:
             last = self.policy.endpoint(req.tried[-1])
@@ -132,11 +145,22 @@ class SidecarModel:
             self.pending.pop(req.id, None)
             return None
         # failover.py's _next: after a failure, prefer a failure domain that has not failed.
+        chosen = None
         for i, candidate in enumerate(remaining):
             if not failed_domains or (candidate.failure_domain or candidate.region
                                       ) not in failed_domains:
-                return remaining.pop(i).id
-        return remaining.pop(0).id
+                chosen = remaining.pop(i).id
+                break
+        if chosen is None:
+            chosen = remaining.pop(0).id
+        self.waiting[req.id] = (chosen, self.watch.begin(chosen, now))
+        return chosen
+
+    def attempt_over(self, req: Req) -> None:
+        """The request's current attempt got its first token, failed or was abandoned."""
+        current = self.waiting.pop(req.id, None)
+        if current is not None:
+            self.watch.end(*current)
 
     def eject(self, fid: str, now: float) -> None:
         _, count = self.ejected.get(fid, (0.0, 0))
@@ -264,11 +288,17 @@ class TdnRouter:
     def deadline(self, req: Req, factory_id: str) -> float:
         return self.sidecars[req.site].deadline(factory_id)
 
+    def on_first_token(self, req: Req, factory_id: str, now: float) -> None:
+        self.sidecars[req.site].attempt_over(req)
+
     def on_deadline(self, req: Req, factory_id: str, now: float) -> None:
+        self.sidecars[req.site].attempt_over(req)
         self.sidecars[req.site].missed_deadline(factory_id, now)
 
     def on_failure(self, req: Req, factory_id: str, now: float) -> None:
+        self.sidecars[req.site].attempt_over(req)
         self.sidecars[req.site].eject(factory_id, now)
 
     def on_success(self, req: Req, factory_id: str, now: float) -> None:
+        self.sidecars[req.site].attempt_over(req)
         self.sidecars[req.site].succeeded(req, factory_id)

@@ -83,6 +83,8 @@ class RoutePlan:
             groups.append((SmoothWeightedRoundRobin(members), by_index, rest))
             all_ids.extend(m.factory_id for m in members)
         self._groups = tuple(groups)
+        # Passing over a slow first candidate prefers these (first_byte_watch).
+        self.primary_ids = frozenset(m.factory_id for m in route.primary)
         self.endpoints: tuple[FactoryEndpoint, ...] = tuple(
             endpoints[fid] for fid in dict.fromkeys(all_ids) if fid in endpoints)
         # A route with one factory needs no rotation and no de-duplication.

@@ -8,6 +8,9 @@ place they are written down (dataplane/README.md repeats them for operators):
 stream idle timeout             derived per factory from its TTFT p99 (see :mod:`deadlines`):
                                 3 x p99 bounded to [2 s, 10 s]; 10 s when the p99 is unknown
 continuation                    off unless the policy enables it
+slow first byte                 a factory where one of the sidecar's streams has waited 0.5 s
+                                for its first byte is passed over for new streams while the
+                                route has others (:mod:`first_byte_watch`)
 retry budget                    retries in flight <= 20 % of active requests, but at least 10
                                 may always run (Envoy's percentage; a higher floor, below)
 consecutive failures            5 in a row eject a factory
@@ -62,6 +65,8 @@ DEFAULT_MAX_EJECTION_S = 300.0
 DEFAULT_MAX_EJECTION_PERCENT = 50.0
 DEFAULT_PANIC_THRESHOLD_PERCENT = 50.0
 DEFAULT_PROBE_INTERVAL_S = 5.0
+# A stream waiting this long for its first byte marks its factory slow (first_byte_watch).
+DEFAULT_SLOW_FIRST_BYTE_S = 0.5
 MAX_PROBE_TIMEOUT_S = 2.0
 
 
@@ -107,6 +112,7 @@ class EffectiveSettings:
     retry_budget_percent: float = DEFAULT_RETRY_BUDGET_PERCENT
     retry_budget_min_concurrency: int = DEFAULT_RETRY_BUDGET_MIN_CONCURRENCY
     outlier: OutlierConfig = OutlierConfig()
+    slow_first_byte_s: float = DEFAULT_SLOW_FIRST_BYTE_S
 
 
 def resolve(settings: DataPlaneSettings) -> EffectiveSettings:
@@ -136,6 +142,7 @@ def resolve(settings: DataPlaneSettings) -> EffectiveSettings:
         retry_budget_min_concurrency=(settings.retry_budget_min_concurrency
                                       or DEFAULT_RETRY_BUDGET_MIN_CONCURRENCY),
         outlier=outlier,
+        slow_first_byte_s=_or(settings.slow_first_byte_s, DEFAULT_SLOW_FIRST_BYTE_S),
     )
 
 
@@ -146,6 +153,7 @@ def settings_problems(settings: DataPlaneSettings) -> list[str]:
     numbers = {
         "first_byte_timeout_seconds": settings.first_byte_timeout_s,
         "stream_idle_timeout_seconds": settings.stream_idle_timeout_s,
+        "slow_first_byte_seconds": settings.slow_first_byte_s,
         "retry_budget_percent": settings.retry_budget_percent,
         "outlier_detection.failure_rate_threshold": o.failure_rate_threshold,
         "outlier_detection.interval_seconds": o.interval_s,

@@ -156,7 +156,8 @@ class Exchange:
         self.loop = AttemptLoop(send=self._send, health=self.shared.health, ticket=self.ticket,
                                 deadline_for=self._deadline, new_scan=self._new_scan,
                                 clock=clock, on_failure=self._on_failure,
-                                buffer_limit=self.shared.settings.max_body_bytes)
+                                buffer_limit=self.shared.settings.max_body_bytes,
+                                watch_first_byte=parsed.stream)
         result = await self._open()
         record.attempts = self.loop.sent
         record.factory = result.endpoint.id
@@ -229,7 +230,9 @@ class Exchange:
         entry = self.entry
         tried_models = {entry.model}
         while True:
-            candidates, panic, wait = self.shared.health.select(entry.plan.order())
+            # A stream's first candidate may be passed over if it is slow to start streams now.
+            candidates, panic, wait = self.shared.health.select(
+                entry.plan.order(), entry.plan.primary_ids if self.parsed.stream else None)
             if panic:
                 self.shared.metrics.panicked(entry.model)
             if not candidates:

@@ -280,7 +280,7 @@ class AttemptLoop:
                  deadline_for: Callable[[FactoryEndpoint], float],
                  new_scan: Callable[[], StreamScan], clock: OverheadClock,
                  on_failure: OnFailure | None = None,
-                 buffer_limit: int = 32 * 1024 * 1024) -> None:
+                 buffer_limit: int = 32 * 1024 * 1024, watch_first_byte: bool = False) -> None:
         self.send = send
         self.health = health
         self.ticket = ticket
@@ -289,6 +289,9 @@ class AttemptLoop:
         self.clock = clock
         self.on_failure = on_failure
         self.buffer_limit = buffer_limit
+        # A stream's attempts are registered with the health's first-byte watch until they
+        # commit or fail, so that new streams can pass over a factory slow to start them.
+        self.watch_first_byte = watch_first_byte
         self.sent = 0
         self.failures: list[AttemptFailure] = []
 
@@ -365,6 +368,8 @@ class AttemptLoop:
         response: UpstreamResponse | None = None
         clock = self.clock
         started = perf_counter()
+        watch = self.health.first_bytes if self.watch_first_byte else None
+        token = watch.begin(endpoint.id, self.health.clock()) if watch is not None else 0
         try:
             try:
                 # The deadline bounds connecting, the answer's head and, before the commit,
@@ -420,6 +425,8 @@ class AttemptLoop:
             raise
         finally:
             clock.waiting += perf_counter() - started
+            if watch is not None:
+                watch.end(endpoint.id, token)
 
     async def _open_stream(self, endpoint: FactoryEndpoint,
                            response: UpstreamResponse) -> Committed:

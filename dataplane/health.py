@@ -1,5 +1,6 @@
-"""What a sidecar remembers about each factory between requests: outlier ejections and rate-limit
-cooldowns, and how they narrow a route's candidates for the next request.
+"""What a sidecar remembers about each factory between requests: outlier ejections, rate-limit
+cooldowns and streams still waiting for a first byte, and how they narrow and order a route's
+candidates for the next request.
 
 One object per sidecar, fed by every attempt's outcome (:mod:`failover`) and by the prober; it is
 reconfigured, keeping the state of factories the new policy keeps, whenever a policy goes live.
@@ -9,18 +10,20 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from tdn.domain import FactoryEndpoint
 
 from .cooldowns import Cooldowns
+from .effective_settings import DEFAULT_SLOW_FIRST_BYTE_S
+from .first_byte_watch import FirstByteWatch, prefer_fast
 from .metrics import SidecarMetrics
 from .outlier import SUSPECTED, Kind, OutlierDetector
 from .routing_table import RoutingTable
 
 
 class FactoryHealth:
-    """Ejections and cooldowns of the factories of the live policy."""
+    """Ejections, cooldowns and slow first bytes of the factories of the live policy."""
 
     def __init__(self, metrics: SidecarMetrics, *, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None) -> None:
@@ -28,6 +31,8 @@ class FactoryHealth:
         self.clock = clock
         self.outlier = OutlierDetector(listener=self._ejection_changed)
         self.cooldowns = Cooldowns(rng)
+        self.first_bytes = FirstByteWatch()
+        self.slow_first_byte_s = DEFAULT_SLOW_FIRST_BYTE_S
         self._tiers: dict[str, str] = {}
 
     def policy_changed(self, table: RoutingTable) -> None:
@@ -38,17 +43,27 @@ class FactoryHealth:
         self._tiers = {fid: e.tier.value for fid, e in table.endpoints.items()}
         self.outlier.configure(table.settings.outlier, table.endpoints, table.route_groups())
         self.cooldowns.forget_except(table.endpoints)
+        self.first_bytes.forget_except(table.endpoints)
+        self.slow_first_byte_s = table.settings.slow_first_byte_s
 
     def _ejection_changed(self, factory_id: str, reason: str, ejected: bool) -> None:
         self.metrics.ejection_changed(factory_id, self._tiers.get(factory_id, ""), reason, ejected)
 
-    def select(self, candidates: Sequence[FactoryEndpoint]
+    def select(self, candidates: Sequence[FactoryEndpoint],
+               primaries: Collection[str] | None = None,
                ) -> tuple[Sequence[FactoryEndpoint], bool, float]:
         """(candidates to try, route in panic, seconds until a cooled-down factory returns when
-        cooldowns left none)."""
+        cooldowns left none). With the route's ``primaries`` (a stream's candidates), a first
+        candidate slow to start this sidecar's streams right now goes behind the others
+        (:mod:`first_byte_watch`)."""
         now = self.clock()
         usable, panic = self.outlier.select(candidates, now)
         usable, wait = self.cooldowns.select(usable, now)
+        if primaries is not None and usable:
+            usable, passed = prefer_fast(usable, primaries, self.first_bytes, now,
+                                         self.slow_first_byte_s)
+            if passed:
+                self.metrics.passed_over_slow(passed, self._tiers.get(passed, ""))
         return usable, panic, wait
 
     def succeeded(self, endpoint: FactoryEndpoint, *, panic: bool = False) -> None:

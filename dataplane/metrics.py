@@ -100,6 +100,10 @@ class SidecarMetrics:
         self.suspicions = Counter(
             "tdn_sidecar_suspicions", "Missed first-byte deadlines that took a factory out of "
             "rotation for one probe interval.", ["site", "factory", "tier"], registry=r)
+        self.slow_first_byte = Counter(
+            "tdn_sidecar_slow_first_byte_passed_over", "New streams sent past a factory where "
+            "one of this sidecar's streams was still waiting for its first byte longer than "
+            "slow_first_byte_seconds.", ["site", "factory", "tier"], registry=r)
         self.panic = Counter(
             "tdn_sidecar_panic", "Requests routed in panic: too few healthy factories, so "
             "ejections were ignored.", ["site", "model"], registry=r)
@@ -188,6 +192,9 @@ class SidecarMetrics:
 
     def suspected(self, factory: str, tier: str) -> None:
         self._child(self.suspicions, factory, tier).inc()
+
+    def passed_over_slow(self, factory: str, tier: str) -> None:
+        self._child(self.slow_first_byte, factory, tier).inc()
 
     def panicked(self, model: str) -> None:
         self._child(self.panic, model).inc()

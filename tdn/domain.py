@@ -296,6 +296,8 @@ class DataPlaneSettings:
     retry_budget_percent: float = 0.0
     retry_budget_min_concurrency: int = 0
     outlier: OutlierDetection = field(default_factory=OutlierDetection)
+    # A factory slow to start this sidecar's streams right now is passed over for new ones.
+    slow_first_byte_s: float = 0.0
 
 
 class PolicyInconsistent(ValueError):

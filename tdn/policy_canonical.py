@@ -29,6 +29,7 @@ def _dataplane(s: DataPlaneSettings) -> dict[str, Any]:
     return {
         "first_byte_timeout_seconds": s.first_byte_timeout_s,
         "stream_idle_timeout_seconds": s.stream_idle_timeout_s,
+        "slow_first_byte_seconds": s.slow_first_byte_s,
         "continuation": s.continuation_enabled,
         "retry_budget": {"percent": s.retry_budget_percent,
                          "min_concurrency": s.retry_budget_min_concurrency},

@@ -378,7 +378,8 @@ def _unique_names(w: _Walker, items: list[tuple[Any, yaml.Node, str]], what: str
 
 def _dataplane(w: _Walker, node: yaml.Node, path: str) -> DataPlaneSettings:
     e = w.mapping(node, path, {"first_byte_timeout_seconds", "stream_idle_timeout_seconds",
-                               "continuation", "retry_budget", "outlier_detection"})
+                               "slow_first_byte_seconds", "continuation", "retry_budget",
+                               "outlier_detection"})
 
     def percent(n: yaml.Node, p: str) -> float:
         return w.number(n, p, high=100.0)
@@ -425,6 +426,7 @@ def _dataplane(w: _Walker, node: yaml.Node, path: str) -> DataPlaneSettings:
     return DataPlaneSettings(
         first_byte_timeout_s=w.field(e, "first_byte_timeout_seconds", path, w.number, 0.0),
         stream_idle_timeout_s=w.field(e, "stream_idle_timeout_seconds", path, w.number, 0.0),
+        slow_first_byte_s=w.field(e, "slow_first_byte_seconds", path, w.number, 0.0),
         continuation_enabled=w.field(e, "continuation", path, w.boolean, False),
         retry_budget_percent=budget_percent,
         retry_budget_min_concurrency=budget_min,

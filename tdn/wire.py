@@ -143,6 +143,7 @@ def settings_to_pb(s: DataPlaneSettings) -> discovery_pb2.DataPlaneSettings:
         continuation_enabled=s.continuation_enabled,
         retry_budget_percent=s.retry_budget_percent,
         retry_budget_min_concurrency=s.retry_budget_min_concurrency,
+        slow_first_byte_seconds=s.slow_first_byte_s,
         outlier_detection=discovery_pb2.OutlierDetection(
             consecutive_failures=o.consecutive_failures,
             failure_rate_threshold=o.failure_rate_threshold,
@@ -165,6 +166,7 @@ def settings_from_pb(msg: discovery_pb2.DataPlaneSettings) -> DataPlaneSettings:
         continuation_enabled=msg.continuation_enabled,
         retry_budget_percent=msg.retry_budget_percent,
         retry_budget_min_concurrency=msg.retry_budget_min_concurrency,
+        slow_first_byte_s=msg.slow_first_byte_seconds,
         outlier=OutlierDetection(
             consecutive_failures=o.consecutive_failures,
             failure_rate_threshold=o.failure_rate_threshold,

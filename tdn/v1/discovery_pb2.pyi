@@ -356,6 +356,7 @@ class DataPlaneSettings(_message.Message):
     RETRY_BUDGET_PERCENT_FIELD_NUMBER: _builtins.int
     RETRY_BUDGET_MIN_CONCURRENCY_FIELD_NUMBER: _builtins.int
     OUTLIER_DETECTION_FIELD_NUMBER: _builtins.int
+    SLOW_FIRST_BYTE_SECONDS_FIELD_NUMBER: _builtins.int
     first_byte_timeout_seconds: _builtins.float
     """Default first-byte deadline, seconds; 0 means derive it from the factory's observed TTFT
     p99 (FactoryEndpoint.ttft_p99_seconds), bounded.
@@ -368,6 +369,11 @@ class DataPlaneSettings(_message.Message):
     """Retries in flight may be at most this share of active requests (Envoy's retry budget)..."""
     retry_budget_min_concurrency: _builtins.int
     """...but at least this many, so that a quiet sidecar can still retry."""
+    slow_first_byte_seconds: _builtins.float
+    """A factory where one of this sidecar's streams has waited longer than this for its first
+    byte is passed over for new streams while the route has others (dataplane/
+    first_byte_watch.py); 0 means the sidecar's default (0.5 s).
+    """
     @_builtins.property
     def outlier_detection(self) -> Global___OutlierDetection: ...
     def __init__(
@@ -379,10 +385,11 @@ class DataPlaneSettings(_message.Message):
         retry_budget_percent: _builtins.float = ...,
         retry_budget_min_concurrency: _builtins.int = ...,
         outlier_detection: Global___OutlierDetection | None = ...,
+        slow_first_byte_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["outlier_detection", b"outlier_detection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["continuation_enabled", b"continuation_enabled", "first_byte_timeout_seconds", b"first_byte_timeout_seconds", "outlier_detection", b"outlier_detection", "retry_budget_min_concurrency", b"retry_budget_min_concurrency", "retry_budget_percent", b"retry_budget_percent", "stream_idle_timeout_seconds", b"stream_idle_timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continuation_enabled", b"continuation_enabled", "first_byte_timeout_seconds", b"first_byte_timeout_seconds", "outlier_detection", b"outlier_detection", "retry_budget_min_concurrency", b"retry_budget_min_concurrency", "retry_budget_percent", b"retry_budget_percent", "slow_first_byte_seconds", b"slow_first_byte_seconds", "stream_idle_timeout_seconds", b"stream_idle_timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -281,6 +281,23 @@ def test_tdn_sidecar_sends_an_ejected_primarys_share_to_the_backup_as_the_balanc
     assert sidecar.choose(retried, 2.0) == ("c" if first == "b" else "b")
 
 
+def test_tdn_sidecar_passes_over_a_primary_slow_to_start_its_streams_until_the_wait_ends(
+        ) -> None:
+    endpoints = tuple(FactoryEndpoint(fid, Tier.CENTER, "se", domain, f"http://{fid}/v1")
+                      for fid, domain in (("a", "se/a"), ("b", "se/b"), ("c", "fr/a")))
+    route = Route("llama-3.1-70b-instruct", "chat",
+                  primary=(WeightedFactory("a", 0.9), WeightedFactory("b", 0.1)),
+                  backups=((WeightedFactory("c", 1.0),),))
+    sidecar = SidecarModel()
+    sidecar.set_policy(SitePolicy("de-berlin", "1", endpoints, (route,)))
+    waiting = req(0, 0.0)
+    assert sidecar.choose(waiting, 0.0) == "a"
+    # 0.6 s later its first token has not come: the next stream goes to the other primary.
+    assert sidecar.choose(req(1, 0.6), 0.6) == "b"
+    sidecar.attempt_over(waiting)  # its first token
+    assert sidecar.choose(req(2, 0.7), 0.7) == "a"
+
+
 def test_tdn_routes_every_group_by_a_real_solve_and_fails_over_without_one() -> None:
     topo = topology(0.3)
     reqs = [req(i, float(i), site=s.id, cls=c) for i, (s, c) in

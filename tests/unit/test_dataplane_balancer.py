@@ -110,3 +110,7 @@ def test_a_policy_with_unusable_data_plane_settings_is_refused_like_a_nack() -> 
     worse = make_policy("v1", {"a": URL}, [("a", 1.0)], first_byte_timeout_s=float("inf"))
     with pytest.raises(ValueError, match="first_byte_timeout_seconds"):
         check_acceptable(worse, "fra-office")
+    slow = make_policy("v1", {"a": URL}, [("a", 1.0)],
+                       settings=DataPlaneSettings(slow_first_byte_s=float("nan")))
+    with pytest.raises(ValueError, match="slow_first_byte_seconds"):
+        check_acceptable(slow, "fra-office")

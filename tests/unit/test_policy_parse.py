@@ -55,7 +55,7 @@ def test_the_documented_example_is_valid_against_the_local_network() -> None:
         "acme-confidential", "acme-eu"]
     assert policy.dataplane == DataPlaneSettings(
         first_byte_timeout_s=0.0, stream_idle_timeout_s=30.0, continuation_enabled=True,
-        retry_budget_percent=20.0, retry_budget_min_concurrency=3,
+        retry_budget_percent=20.0, retry_budget_min_concurrency=3, slow_first_byte_s=0.5,
         outlier=OutlierDetection(consecutive_failures=5, failure_rate_threshold=0.5,
                                  minimum_requests=20, interval_s=10.0, base_ejection_s=30.0,
                                  max_ejection_s=300.0, max_ejection_percent=50.0,
@@ -135,12 +135,13 @@ def test_a_key_given_twice_is_refused_rather_than_silently_overridden() -> None:
 def test_wrong_types_are_refused() -> None:
     assert errors_of("""\
         backups: {depth: 1.5, failure_domain: rack}
-        dataplane: {continuation: "yes"}
+        dataplane: {continuation: "yes", slow_first_byte_seconds: -1}
         tenants: {name: a}
         """) == [
         (3, "backups.depth", "expected a whole number, got 1.5"),
         (3, "backups.failure_domain", "'rack' is not one of region, failure_domain"),
         (4, "dataplane.continuation", "expected true or false, got 'yes'"),
+        (4, "dataplane.slow_first_byte_seconds", "-1 is out of range: must be >= 0"),
         (5, "tenants", "expected a list, got a mapping"),
     ]
 

@@ -90,7 +90,7 @@ def test_site_policy_survives_the_round_trip_through_protobuf() -> None:
     )
     settings = DataPlaneSettings(
         first_byte_timeout_s=2.0, stream_idle_timeout_s=5.0, continuation_enabled=True,
-        retry_budget_percent=20.0, retry_budget_min_concurrency=3,
+        retry_budget_percent=20.0, retry_budget_min_concurrency=3, slow_first_byte_s=0.3,
         outlier=OutlierDetection(consecutive_failures=5, failure_rate_threshold=0.5,
                                  minimum_requests=10, interval_s=10.0, base_ejection_s=30.0,
                                  max_ejection_s=300.0, max_ejection_percent=50.0,
