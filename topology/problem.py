@@ -429,15 +429,22 @@ def reserve_sole_factories(g: Ints, f: Ints, check: Ints, group_count: int,
 
 def share_caps(g: Ints, primary: Bools, group_count: int, options: SolveOptions) -> Floats:
     """Per pair, the largest share of its group one factory may be planned to carry:
-    ``options.max_primary_share``, or 1 / (the group's primary-eligible factories) where there
-    are too few for that, so the caps always leave room for the whole group.
+    ``options.max_primary_share``, or 1 / (the group's primary-eligible factories - 1) where
+    there are too few for that.
 
     A plan holds between solves: a group wholly on its cheapest factory sends that factory all
     of its next burst (the benchmark's code traffic reaches 20x its mean for seconds at a site)
     and all of its traffic to the backups when the factory dies. Spread over a few factories,
-    each takes only its part of the burst, and a failure moves only that part."""
+    each takes only its part of the burst, and a failure moves only that part.
+
+    Why n - 1 and not n: the caps must never *force* traffic onto a factory. With caps of 1/n
+    the only feasible split is the even one, whatever the factories' capacity: after a crash
+    left a route two eligible factories, a 16-slot edge and a 4-slot on-site one, 1/2 each sent
+    half the route to the small one, far past its SLO-safe load (the factory-crash drill, full
+    length). With 1 / (n - 1) the other factories can always carry the whole route, so each can
+    be left out; with two eligible factories there is no cap at all."""
     eligible = np.bincount(g[primary], minlength=group_count).astype(np.float64)
-    floor = 1.0 / np.maximum(eligible, 1.0)
+    floor = 1.0 / np.maximum(eligible - 1.0, 1.0)
     return np.minimum(np.maximum(floor[g], options.max_primary_share), 1.0)
 
 

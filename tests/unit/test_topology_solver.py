@@ -375,10 +375,15 @@ def test_no_factory_carries_more_than_the_share_cap_of_a_route_with_enough_facto
         "a": 1.0}
 
 
-def test_a_route_with_too_few_eligible_factories_is_split_evenly_over_them() -> None:
+def test_the_cap_never_forces_traffic_onto_a_factory_when_few_are_eligible() -> None:
+    # Two eligible: no cap at all (an even split would be forced whatever their capacity).
     two = [factory("a", 0.10), factory("b", 0.50)]
-    assert split(route_of(solve(two, [FRA], [demand(0.2)], options=CAPPED))) == {
-        "a": 0.5, "b": 0.5}
+    assert split(route_of(solve(two, [FRA], [demand(0.2)], options=CAPPED))) == {"a": 1.0}
+    # Three: 1/2 each, so the dearest can be left out entirely, by the LP and the greedy alike.
+    three = [factory("a", 0.10), factory("b", 0.11), factory("c", 0.50)]
+    for plan in (solve(three, [FRA], [demand(0.2)], options=CAPPED),
+                 greedy(three, [FRA], [demand(0.2)], options=CAPPED)):
+        assert split(route_of(plan)) == pytest.approx({"a": 0.5, "b": 0.5}, abs=0.005)
     # Residency leaves one factory: it carries everything, cap or not.
     onsite = [factory("office", 1.0, zone="on-site:fra", tier=Tier.ON_SITE, site="fra"),
               factory("a", 0.10)]
@@ -388,7 +393,9 @@ def test_a_route_with_too_few_eligible_factories_is_split_evenly_over_them() -> 
 
 
 def test_a_previous_share_above_the_cap_is_brought_down_to_it_despite_churn() -> None:
-    factories = [factory("a", 0.10), factory("b", 0.11), factory("c", 0.12)]
+    # Four eligible factories, so the 0.34 cap applies as it is.
+    factories = [factory("a", 0.10), factory("b", 0.11), factory("c", 0.12),
+                 factory("d", 0.13)]
     first = solve(factories, [FRA], [demand(0.2)], options=CAPACITY_ONLY)
     assert split(route_of(first)) == {"a": 1.0}
     for again in (solve(factories, [FRA], [demand(0.2)], previous=first, version=2,
