@@ -45,13 +45,13 @@ QUICK_SLICE_S = 12 * 60
 FAILED_FACTORY = "center-se-1"
 FAILED_REGION = "fr"
 # An operator who puts carbon first says so in the policy's objective (docs/policy.md): carbon
-# three times the default weight, unloaded latency half (the SLOs stay hard constraints). Parsed
-# and turned into solve options exactly as the control plane does with an applied policy.
+# three times the default weight, unloaded latency a quarter (the SLOs stay hard constraints).
+# Parsed and turned into solve options exactly as the control plane does with an applied policy.
 GREEN_POLICY = """\
 apiVersion: tdn/v1
 kind: Policy
 objective:
-  latency: 0.5
+  latency: 0.25
   carbon: 3
 """
 GREEN_NAME = "TDN (green policy)"
@@ -309,7 +309,7 @@ def report(topology: Topology, outcomes: dict[str, Outcome], info: dict[str, flo
               "variants isolate causes: *headroom 0.4* plans factories to 60% instead of 80%; "
               "*no load telemetry* gives the solver traffic, prices and grids but no queue or "
               "observed TTFT. *Green policy* is TDN under an operator policy that weights carbon "
-              "3 and unloaded latency 0.5 instead of 1 (`objective: {latency: 0.5, carbon: 3}`, "
+              "3 and unloaded latency 0.25 instead of 1 (`objective: {latency: 0.25, carbon: 3}`, "
               "parsed and applied as the control plane applies a policy; SLOs, share cap and "
               "headroom as by default).", ""]
     return "\n".join(lines)
@@ -328,7 +328,7 @@ def goals(outcomes: dict[str, Outcome]) -> list[str]:
                f"{_pct(ll.slo_attainment)} — **{'met' if met else 'missed'}**.")
     blind = {k: v.normal for k, v in outcomes.items() if not k.startswith("TDN")}
     for name, label in (("TDN", "default policy"),
-                        (GREEN_NAME, "green policy (`objective: {latency: 0.5, carbon: 3}`)")):
+                        (GREEN_NAME, "green policy (`objective: {latency: 0.25, carbon: 3}`)")):
         if name not in outcomes:
             continue
         mine = outcomes[name].normal

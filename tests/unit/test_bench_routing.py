@@ -328,7 +328,7 @@ def _summary(slo: float, cost: float, gco2: float) -> Summary:
 def test_the_green_policy_is_parsed_as_an_operator_would_write_it() -> None:
     options = options_from_policy(parse_policy(GREEN_POLICY, "green.yaml").policy)
     default = options_from_policy(DEFAULT_POLICY)
-    assert (options.carbon_weight, options.latency_weight) == (3.0, 0.5)
+    assert (options.carbon_weight, options.latency_weight) == (3.0, 0.25)
     # Everything else (SLO machinery, share cap, headroom) is the default policy's.
     assert options.max_primary_share == default.max_primary_share
     assert options.capacity_headroom == default.capacity_headroom
