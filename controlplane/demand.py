@@ -28,6 +28,13 @@ lists for that site and model, in their configured proportions (all "default" wh
 listed). Each class keeps its configured SLO (the policy's class SLO applies on top, as for
 configured demand).
 
+Replicas: a sidecar sends its usage to one control-plane replica, and each replica estimates
+from what it receives. So that the leader plans for all of the traffic, and a newly elected one
+starts from the same estimate rather than from the network file, every replica publishes its own
+estimate through the store (:mod:`tdn.controlplane.demand_sync`) and adds the others' to its own
+(:meth:`DemandEstimator.set_peer`): per (site, model, class), rates add up and token sizes are
+averaged by rate.
+
 A (site, model) never seen in usage keeps the network file's demand; once any of its classes is
 seen, the observations win, including their decay towards zero when traffic stops, and a
 configured class with no observed traffic is planned at zero. Time is the control plane's receive
@@ -50,6 +57,7 @@ from tdn.v1 import usage_pb2
 DEFAULT_HALF_LIFE_S = 300.0
 # The fast sum behind the surge term: about the last minute.
 SURGE_HALF_LIFE_S = 60.0
+MIN_WINDOW_S = 1.0
 
 
 @dataclass(slots=True)
@@ -74,6 +82,19 @@ class _Smoothed:
 Key = tuple[str, str, str]  # (site, served model, traffic class)
 
 
+@dataclass(frozen=True, slots=True)
+class GroupEstimate:
+    """One group's estimate as a replica publishes it: the rate to plan for (the larger of the
+    smoothed and surge rates), and mean tokens per request."""
+
+    site: str
+    model: str
+    traffic_class: str
+    rate_rps: float
+    prompt_tokens: float
+    output_tokens: float
+
+
 class DemandEstimator:
     """Per-(site, model, class) request rates from usage reports; see the module docstring."""
 
@@ -87,6 +108,8 @@ class DemandEstimator:
         self._surge_tau = min(SURGE_HALF_LIFE_S, half_life_s) / math.log(2)
         self._groups: dict[Key, _Smoothed] = {}
         self._surges: dict[Key, _Smoothed] = {}
+        # Other replicas' published estimates (demand_sync), by replica id.
+        self._peers: dict[str, dict[Key, GroupEstimate]] = {}
         self.ignored_reports = 0
 
     def set_half_life(self, half_life_s: float) -> None:
@@ -130,6 +153,9 @@ class DemandEstimator:
         if report.HasField("window_start") and report.HasField("window_end"):
             window = max((report.window_end.ToNanoseconds()
                           - report.window_start.ToNanoseconds()) / 1e9, 0.0)
+        # A report with no window (or an empty one) is taken as a second's worth: dated "now"
+        # alone, its first estimate would divide by almost nothing.
+        window = max(window, MIN_WINDOW_S)
         configured = self._configured_by_group(policy)
         for sums, tau in ((self._groups, self._tau), (self._surges, self._surge_tau)):
             # The counts were spread over the window, not all made now: weighed as such, a
@@ -151,8 +177,42 @@ class DemandEstimator:
                     group.completion_tokens += record.completion_tokens * weight
 
     def observed(self) -> frozenset[tuple[str, str]]:
-        """The (site, model) groups some usage was seen for."""
-        return frozenset((site, model) for site, model, _ in self._groups)
+        """The (site, model) groups some usage was seen for, here or at a peer."""
+        return frozenset((site, model) for site, model, _ in self._seen_keys())
+
+    def _seen_keys(self) -> set[Key]:
+        keys = set(self._groups)
+        for estimates in self._peers.values():
+            keys.update(estimates)
+        return keys
+
+    # --- replicas ------------------------------------------------------------------------------
+
+    def snapshot(self, now: float | None = None) -> tuple[GroupEstimate, ...]:
+        """This replica's own estimate (not its peers'), for the others to add to theirs."""
+        now = self._clock() if now is None else now
+        out = []
+        for key in sorted(self._groups):
+            group = self._groups[key]
+            rate = self._own_rate(key, now) or 0.0
+            per = group.requests
+            out.append(GroupEstimate(*key, rate_rps=rate,
+                                     prompt_tokens=group.prompt_tokens / per if per > 0 else 0.0,
+                                     output_tokens=group.completion_tokens / per if per > 0
+                                     else 0.0))
+        return tuple(out)
+
+    def set_peer(self, replica: str, estimates: Iterable[GroupEstimate]) -> None:
+        """Another replica's latest published estimate (replacing its previous one)."""
+        self._peers[replica] = {(e.site, e.model, e.traffic_class): e for e in estimates
+                                if math.isfinite(e.rate_rps) and e.rate_rps >= 0}
+
+    def drop_peer(self, replica: str) -> None:
+        """A replica whose estimate is gone (it stopped, or its lease lapsed)."""
+        self._peers.pop(replica, None)
+
+    def peers(self) -> tuple[str, ...]:
+        return tuple(sorted(self._peers))
 
     def rate(self, site: str, model: str, traffic_class: str | None = None,
              now: float | None = None) -> float | None:
@@ -162,12 +222,21 @@ class DemandEstimator:
         now = self._clock() if now is None else now
         found = None
         for key in self._keys(site, model, traffic_class):
-            smoothed = self._rate(self._groups, self._tau, key, now)
-            if smoothed is None:
-                continue
-            surge = self._rate(self._surges, self._surge_tau, key, now)
-            found = (found or 0.0) + max(smoothed, surge or 0.0)
+            own = self._own_rate(key, now)
+            if own is not None:
+                found = (found or 0.0) + own
+            for estimates in self._peers.values():
+                peer = estimates.get(key)
+                if peer is not None:
+                    found = (found or 0.0) + peer.rate_rps
         return found
+
+    def _own_rate(self, key: Key, now: float) -> float | None:
+        smoothed = self._rate(self._groups, self._tau, key, now)
+        if smoothed is None:
+            return None
+        surge = self._rate(self._surges, self._surge_tau, key, now)
+        return max(smoothed, surge or 0.0)
 
     def smoothed_rate(self, site: str, model: str, traffic_class: str | None = None,
                       now: float | None = None) -> float | None:
@@ -183,7 +252,34 @@ class DemandEstimator:
     def _keys(self, site: str, model: str, traffic_class: str | None) -> list[Key]:
         if traffic_class is not None:
             return [(site, model, traffic_class)]
-        return [k for k in self._groups if k[0] == site and k[1] == model]
+        return sorted(k for k in self._seen_keys() if k[0] == site and k[1] == model)
+
+    def _sizes(self, key: Key, now: float) -> tuple[float, float | None, float | None]:
+        """(rate, mean prompt tokens, mean output tokens) of a group over this replica and its
+        peers; the sizes are None when no request was counted anywhere."""
+        parts: list[tuple[float, float, float]] = []
+        group = self._groups.get(key)
+        if group is not None:
+            rate = self._own_rate(key, now) or 0.0
+            if group.requests > 0:
+                parts.append((rate, group.prompt_tokens / group.requests,
+                              group.completion_tokens / group.requests))
+            else:
+                parts.append((rate, math.nan, math.nan))
+        for estimates in self._peers.values():
+            peer = estimates.get(key)
+            if peer is not None:
+                parts.append((peer.rate_rps, peer.prompt_tokens, peer.output_tokens))
+        total = sum(r for r, _, _ in parts)
+        sized = [(r, p, o) for r, p, o in parts if not math.isnan(p)]
+        if not sized:
+            return total, None, None
+        weight = sum(r for r, _, _ in sized)
+        if weight <= 0:
+            return (total, sum(p for _, p, _ in sized) / len(sized),
+                    sum(o for _, _, o in sized) / len(sized))
+        return (total, sum(r * p for r, p, _ in sized) / weight,
+                sum(r * o for r, _, o in sized) / weight)
 
     @staticmethod
     def _rate(sums: dict[Key, _Smoothed], tau: float, key: Key, now: float) -> float | None:
@@ -200,7 +296,7 @@ class DemandEstimator:
         now = self._clock() if now is None else now
         configured = self._configured_by_group(policy)
         seen: dict[tuple[str, str], set[str]] = {}
-        for site, model, name in self._groups:
+        for site, model, name in self._seen_keys():
             seen.setdefault((site, model), set()).add(name)
         out: list[Demand] = []
         for key in sorted(configured.keys() | seen.keys()):
@@ -215,17 +311,11 @@ class DemandEstimator:
                     # Configured, never seen while its siblings are: no traffic to plan for.
                     out.append(replace(part, rate_rps=0.0))
                     continue
-                group = self._groups[(key[0], key[1], name)]
-                rate = self.rate(key[0], key[1], name, now=now) or 0.0
-                per_request = group.requests if group.requests > 0 else 0.0
+                rate, prompt, output = self._sizes((key[0], key[1], name), now)
                 out.append(replace(
-                    part,
-                    rate_rps=rate,
-                    prompt_tokens=(group.prompt_tokens / per_request if per_request
-                                   else part.prompt_tokens),
-                    output_tokens=(group.completion_tokens / per_request if per_request
-                                   else part.output_tokens),
-                ))
+                    part, rate_rps=rate,
+                    prompt_tokens=prompt if prompt is not None else part.prompt_tokens,
+                    output_tokens=output if output is not None else part.output_tokens))
         return tuple(out)
 
 

@@ -45,6 +45,11 @@ class ControlPlaneMetrics:
             "Routes of the plan in force kept from an earlier plan because every factory they "
             "used is excluded only by telemetry (unknown, unhealthy, at capacity): fail static.",
             registry=r)
+        self.planned_demand = Gauge(
+            "tdn_plan_demand_rps",
+            "Requests per second the plan in force was solved for, per demand group (observed "
+            "usage, smoothed, over every replica; the network file's where none was seen).",
+            ["site", "model", "traffic_class"], registry=r)
         self.solve_seconds = Histogram(
             "tdn_solve_seconds", "Wall time of one solve and compile.",
             buckets=_SOLVE_BUCKETS, registry=r)

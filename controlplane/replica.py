@@ -14,6 +14,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from tdn.controlplane.demand_sync import DEMAND_PREFIX, DemandPublisher, DemandStates
 from tdn.controlplane.durable_state import (
     ADMIN_PREFIX,
     FACTORY_STATE_PREFIX,
@@ -70,8 +71,10 @@ class Replica:
         plans.writer = settings.replica_id
         self.plan_mirror = PlanMirror(plans, cache, solve_loop.adopt)
         self.factory_states = FactoryStates(registry, settings.replica_id)
+        self._estimator = solve_loop.demand
         self.mirror = StoreMirror(store, ROOT, {
             PLAN_PREFIX: self.plan_mirror,
+            DEMAND_PREFIX: DemandStates(solve_loop.demand, settings.replica_id),
             ADMIN_PREFIX: AdminStates(registry),
             FACTORY_STATE_PREFIX: self.factory_states,
             ELECTION_KEY: self.cluster,
@@ -79,6 +82,7 @@ class Replica:
         }, self.health)
         self._lease: ReplicaLease | None = None
         self.publisher: TelemetryPublisher | None = None
+        self.demand_publisher: DemandPublisher | None = None
         self.leader = LeaderRole(
             store, replica_id=settings.replica_id, lease_ttl=settings.lease_ttl,
             solve_loop=solve_loop, plans=plans, plan_mirror=self.plan_mirror, metrics=metrics,
@@ -103,6 +107,9 @@ class Replica:
         self.publisher = TelemetryPublisher(
             self._store, self._lease, replica_id=self.settings.replica_id, ttl=self.settings.ttl,
             metrics=self._metrics, health=self.health)
+        self.demand_publisher = DemandPublisher(
+            self._store, self._lease, self._estimator, replica_id=self.settings.replica_id,
+            health=self.health)
 
     def offer(self, report: telemetry_pb2.TelemetryReport, *, accepted: bool) -> None:
         """A report this replica received: publish it for the others (see telemetry_sync)."""
@@ -110,12 +117,13 @@ class Replica:
             self.publisher.offer(report, accepted=accepted)
 
     async def run(self) -> None:
-        """Follow the store, publish telemetry, keep the lease and lead when elected."""
-        if self._lease is None or self.publisher is None:
+        """Follow the store, publish telemetry and demand, keep the lease and lead when elected."""
+        if self._lease is None or self.publisher is None or self.demand_publisher is None:
             raise RuntimeError("Replica.run() before register()")
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._lease.run(), name="replica-lease")
             tg.create_task(self.publisher.run(), name="telemetry-publisher")
+            tg.create_task(self.demand_publisher.run(), name="demand-publisher")
             tg.create_task(self.mirror.run(), name="store-mirror")
             tg.create_task(self.leader.run(), name="leader-role")
 

@@ -341,6 +341,10 @@ class SolveLoop:
         self._inputs, self._inputs_version = outcome.inputs, version
         self._metrics.plan_version.set(version)
         self._metrics.routes_held.set(outcome.held)
+        self._metrics.planned_demand.clear()
+        for d in outcome.inputs.demands:
+            self._metrics.planned_demand.labels(
+                site=d.site, model=d.model, traffic_class=d.traffic_class).set(d.rate_rps)
         log.info("plan %d: %s in %.3fs; new policy versions for %s", version, plan.status,
                  outcome.seconds, ", ".join(changed) or "no site")
         return plan

@@ -4,7 +4,8 @@ Totals are kept per (tenant, factory, model). Delivery is at-least-once, so a re
 ``report_id`` was already counted for that sidecar is acknowledged with ``counted=false`` and
 not added again. Everything is in memory for now: totals restart from zero with the control
 plane, and the de-duplication window is the last :data:`DEDUP_WINDOW` reports. Durable usage (in
-the Store, shared by replicas) comes with budgets and billing.
+the Store, shared by replicas) comes with budgets and billing; the *demand* each replica
+estimates from the usage it counts is shared already (:mod:`tdn.controlplane.demand_sync`).
 """
 
 from __future__ import annotations

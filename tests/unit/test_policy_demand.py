@@ -174,3 +174,14 @@ def test_a_configured_class_with_no_traffic_while_its_siblings_have_some_is_plan
     assert rates(estimator.demands(now=10.0)) == pytest.approx(
         {("fra", "m", "default"): 5.0, ("fra", "m", "batch"): 0.0,
          ("nyc", "m", "default"): 2.0})
+
+
+def test_a_report_without_a_window_counts_as_a_seconds_worth_not_as_an_instant() -> None:
+    estimator = DemandEstimator(CONFIGURED, half_life_s=HALF_LIFE)
+    bare = report("nyc", 5)
+    bare.ClearField("window_start")
+    bare.ClearField("window_end")
+    estimator.observe(bare, now=100.0)
+    # Dated "now" alone, the unbiased estimate would divide 5 requests by ~0 s.
+    rate = estimator.rate("nyc", "m", now=100.0)
+    assert rate is not None and rate == pytest.approx(5.0, rel=0.05)
