@@ -1,5 +1,6 @@
-"""Running one drill against a network: settle, resolve targets, drive load while the timeline
-injects faults and an observer samples the network, restore everything, then measure.
+"""Running one drill against a network: settle, bind the literal targets, drive load while the
+timeline injects faults (binding role targets such as ``primary`` as their first fault fires) and
+an observer samples the network, restore everything, then measure.
 
 The restore runs in a ``finally``: a drill that fails, raises or is cancelled (Ctrl-C) still
 reverts every fault, resets Toxiproxy, heals the simulators and restarts what it killed, and
@@ -38,7 +39,14 @@ from tdn.chaos.observe import (
 )
 from tdn.chaos.services import ServiceError
 from tdn.chaos.spec import DrillSpec, shortened
-from tdn.chaos.targets import ResolvedTarget, TargetError, leader_names, resolve, route_for
+from tdn.chaos.targets import (
+    NetworkState,
+    ResolvedTarget,
+    TargetBinder,
+    TargetError,
+    leader_names,
+    route_for,
+)
 from tdn.chaos.timeline import InjectError, Injector, Window, run_timeline
 from tdn.chaos.toxiproxy import ToxiproxyError
 from tdn.chaos.trace import TraceError, find_trace, read_trace, replay_window
@@ -56,6 +64,8 @@ class DrillResult:
     short: bool
     network: dict[str, Any]
     started_at: float  # wall clock
+    # Each target as bound: literal ones at the start, role ones (primary, leader, ...) when
+    # their first fault fired; a target whose fault never fired (an interrupted run) is absent.
     targets: dict[str, ResolvedTarget] = field(default_factory=dict)
     route: dict[str, Any] | None = None
     policy_version: str = ""
@@ -126,14 +136,13 @@ async def _run(spec: DrillSpec, network: DrillNetwork, result: DrillResult,
         _, leader_note = leader_names(network, statuses)
         if leader_note:
             result.notes.append(leader_note)
-        for target in spec.targets:
-            result.targets[target.name] = await resolve(
-                target, network, policy, model=spec.load.model, site=sidecar.site,
-                statuses=statuses)
+        binder = TargetBinder(
+            network, spec.targets, model=spec.load.model, site=sidecar.site,
+            policy=lambda: sidecar_policy(http, sidecar.admin_url),
+            statuses=lambda: controlplane_statuses(http, network))
+        binder.bind_start(NetworkState(policy, statuses))
+        result.targets = binder.bound
         continuation = bool((policy.get("settings") or {}).get("continuation_enabled"))
-        lost = {ev.index: result.targets[ev.target].controlplanes for ev in spec.timeline
-                if ev.fault == "kill" and result.targets[ev.target].controlplanes}
-        notes = {ev.index: result.targets[ev.target].description for ev in spec.timeline}
         before = await scrape_metering(sidecar.admin_url)
 
         loop = asyncio.get_running_loop()
@@ -142,7 +151,7 @@ async def _run(spec: DrillSpec, network: DrillNetwork, result: DrillResult,
         def clock() -> float:
             return loop.time() - t0
 
-        injector = Injector(network, result.targets, http,
+        injector = Injector(network, http,
                             base_dir=Path(spec.filename).parent if spec.filename else None)
         observer = Observer(network, clock)
         result.samples = observer.samples
@@ -150,8 +159,8 @@ async def _run(spec: DrillSpec, network: DrillNetwork, result: DrillResult,
             async with asyncio.TaskGroup() as tg:
                 watching = tg.create_task(observer.run(), name="drill-observer")
                 faults = tg.create_task(
-                    run_timeline(spec.timeline, injector, result.targets, clock,
-                                 result.windows), name="drill-timeline")
+                    run_timeline(spec.timeline, injector, binder, clock, result.windows),
+                    name="drill-timeline")
                 await run_load(spec.load, sidecar.base_url, arrivals, t0, result.records)
                 await faults
                 # Keep watching past the load so that a reconnect after the last fault counts.
@@ -159,6 +168,7 @@ async def _run(spec: DrillSpec, network: DrillNetwork, result: DrillResult,
                 watching.cancel()
         finally:
             result.drill_end = max(spec.load.duration_s, clock())
+            result.targets = binder.bound
             for window in result.windows:
                 if window.end is None:
                     window.end = clock()
@@ -166,6 +176,10 @@ async def _run(spec: DrillSpec, network: DrillNetwork, result: DrillResult,
             result.restore_problems = await _restore(injector, network)
             result.notes += network.adoption_notes()
         metered = (before, after) if after is not None else None
+        # Both read the targets as bound, so they come after the timeline.
+        lost = {ev.index: result.targets[ev.target].controlplanes for ev in spec.timeline
+                if ev.fault == "kill" and result.targets[ev.target].controlplanes}
+        notes = {ev.index: result.targets[ev.target].description for ev in spec.timeline}
         result.analysis = analyse(
             spec, result.records, result.windows, result.samples,
             sidecars=[sc.node_id for sc in network.sidecars], drill_end=result.drill_end,
@@ -178,7 +192,7 @@ async def _run(spec: DrillSpec, network: DrillNetwork, result: DrillResult,
 async def _watch_reconnects(result: DrillResult, clock: Callable[[], float]) -> None:
     """Give control-plane drills until their declared reconnect bound to show a reconnect."""
     bound = result.spec.expect.max_reconnect_s or result.spec.expect.max_controlplane_failover_s
-    if bound is None or not any(result.targets[e.target].kind == "controlplane"
+    if bound is None or not any(result.spec.target(e.target).kind == "controlplane"
                                 for e in result.spec.timeline):
         return
     last_end = max((w.end or 0.0) for w in result.windows) if result.windows else 0.0

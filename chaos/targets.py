@@ -1,14 +1,19 @@
-"""Turning a drill's named targets into concrete things to hurt, at the start of the drill.
+"""Turning a drill's named targets into concrete things to hurt.
 
-Symbolic selectors are resolved against the policy the sidecar runs right then: ``primary`` is
-the factory carrying the largest share of the drill's model (the one whose loss matters), and
-``backup`` the first backup. So a built-in drill hurts what actually serves traffic on any
-network, not a name that happens to exist in the default one.
+A literal selector (a factory id, a region, ``all``) names a thing: it is bound at the start of
+the drill. A role selector (``primary``, ``backup``, the primary's region, the ``leader`` or a
+``follower`` replica) names whatever fills that role, and the control plane may hand the role to
+another factory or replica between the start and the fault — it re-plans on observed demand a
+few seconds in. So a role target is bound when its first fault fires, against the sidecar's
+policy (or the replicas' statuses) at that moment, and that binding is kept for the target's
+later events: a restart, a heal or the next flap hits what the first fault hit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +28,7 @@ class TargetError(ValueError):
 @dataclass(frozen=True, slots=True)
 class ResolvedTarget:
     """What a target stands for: factories (with their links, simulators and processes),
-    other links, and processes."""
+    other links, and processes; and when it was bound (drill clock, None: at the start)."""
 
     name: str
     kind: str
@@ -33,6 +38,33 @@ class ResolvedTarget:
     sim_urls: tuple[str, ...] = ()
     processes: tuple[str, ...] = ()
     controlplanes: tuple[str, ...] = ()
+    bound_at: float | None = None
+
+
+# kind -> selectors that name a role the network's state decides, not a thing.
+ROLE_SELECTORS: dict[str, frozenset[str]] = {
+    "factory": frozenset({"primary", "backup"}),
+    "region": frozenset({"primary"}),
+    "controlplane": frozenset({"leader", "follower"}),
+}
+
+
+def is_role(spec: TargetSpec) -> bool:
+    """Whether ``spec`` is bound when its first fault fires rather than at the start."""
+    return spec.select in ROLE_SELECTORS.get(spec.kind, frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkState:
+    """What role selectors are resolved against: the drill sidecar's policy (as its /policy
+    shows it) and each answering replica's /api/status."""
+
+    policy: Mapping[str, Any]
+    statuses: Mapping[str, Mapping[str, Any]]
+
+    @property
+    def version(self) -> str:
+        return str(self.policy.get("version", "?"))
 
 
 def route_for(policy: Mapping[str, Any], model: str) -> Mapping[str, Any] | None:
@@ -84,10 +116,10 @@ def leader_names(network: DrillNetwork, statuses: Mapping[str, Mapping[str, Any]
     return (connected[:1] or claim[:1]), note
 
 
-async def resolve(spec: TargetSpec, network: DrillNetwork, policy: Mapping[str, Any], *,
-                  model: str, site: str,
-                  statuses: Mapping[str, Mapping[str, Any]]) -> ResolvedTarget:
-    """Resolve one target; raise TargetError when it stands for nothing here."""
+def resolve(spec: TargetSpec, network: DrillNetwork, state: NetworkState, *, model: str,
+            site: str) -> ResolvedTarget:
+    """Resolve one target against ``state``; raise TargetError when it stands for nothing."""
+    policy = state.policy
     if spec.kind == "factory":
         if spec.select == "primary":
             fid, how = primary_factory(policy, model), f"primary for {model}"
@@ -114,7 +146,7 @@ async def resolve(spec: TargetSpec, network: DrillNetwork, policy: Mapping[str, 
         if spec.select == "all":
             names = [cp.name for cp in network.controlplanes]
         else:
-            leaders, note = leader_names(network, statuses)
+            leaders, note = leader_names(network, state.statuses)
             if spec.select == "leader":
                 names = leaders
             else:
@@ -146,3 +178,87 @@ async def resolve(spec: TargetSpec, network: DrillNetwork, policy: Mapping[str, 
                           f"(known: {', '.join(network.processes.names())})")
     return ResolvedTarget(name=spec.name, kind=spec.kind, description=f"process {spec.select}",
                           processes=(spec.select,))
+
+
+def _what(target: ResolvedTarget) -> str:
+    """The thing a target stands for, without the why: to compare two bindings."""
+    return ", ".join(target.factories or target.controlplanes or target.processes
+                     or target.links)
+
+
+PolicySource = Callable[[], Awaitable[Mapping[str, Any] | None]]
+StatusSource = Callable[[], Awaitable[Mapping[str, Mapping[str, Any]]]]
+
+
+class TargetBinder:
+    """Binds a drill's targets: literal ones at :meth:`bind_start`, role ones at their first
+    fault (:meth:`bind`), each exactly once.
+
+    ``policy`` and ``statuses`` fetch the network's state as it is when called (the drill
+    sidecar's /policy, the replicas' /api/status); only what a role needs is fetched.
+    """
+
+    def __init__(self, network: DrillNetwork, specs: Sequence[TargetSpec], *, model: str,
+                 site: str, policy: PolicySource, statuses: StatusSource) -> None:
+        self.network = network
+        self.specs = {s.name: s for s in specs}
+        self.model = model
+        self.site = site
+        self._policy = policy
+        self._statuses = statuses
+        self._bound: dict[str, ResolvedTarget] = {}
+        # What each role target stood for at the start, for the report and as the fallback.
+        self._at_start: dict[str, ResolvedTarget] = {}
+        self._start_state: NetworkState | None = None
+        self._locks = {name: asyncio.Lock() for name in self.specs}
+
+    @property
+    def bound(self) -> dict[str, ResolvedTarget]:
+        """The targets bound so far, in the order the drill declares them."""
+        return {n: self._bound[n] for n in self.specs if n in self._bound}
+
+    def bind_start(self, state: NetworkState) -> None:
+        """Bind every literal target, and resolve every role target once against the state at
+        the start: a role nothing fills (no route for the model, no backup, no leader) fails
+        the drill before any load is sent, and the report can say what it was at the start."""
+        self._start_state = state
+        for name, spec in self.specs.items():
+            target = resolve(spec, self.network, state, model=self.model, site=self.site)
+            if is_role(spec):
+                self._at_start[name] = target
+            else:
+                self._bound[name] = target
+
+    async def bind(self, name: str, at: float) -> ResolvedTarget:
+        """``name`` as bound; a role target is bound now (``at``, drill clock) if it is not yet.
+        Concurrent first faults on one target share one binding."""
+        async with self._locks[name]:
+            if name not in self._bound:
+                self._bound[name] = await self._bind_role(self.specs[name], at)
+            return self._bound[name]
+
+    async def _bind_role(self, spec: TargetSpec, at: float) -> ResolvedTarget:
+        start = self._start_state
+        if start is None:
+            raise RuntimeError("bind_start was not called")  # a bug in the runner
+        stale = ""
+        if spec.kind == "controlplane":
+            state = NetworkState(start.policy, await self._statuses())
+            source = f"the replicas' status at {at:.2f} s"
+        else:
+            policy = await self._policy()
+            if policy is None:
+                # The sidecar itself may be down (another fault): the start's policy is all
+                # there is, and the report says so.
+                state, stale = start, f"; the sidecar showed no policy at {at:.2f} s"
+                source = f"policy version {start.version} from the start"
+            else:
+                state = NetworkState(policy, start.statuses)
+                source = f"policy version {state.version} at {at:.2f} s"
+        target = resolve(spec, self.network, state, model=self.model, site=self.site)
+        before = self._at_start.get(spec.name)
+        then = ("the same at the start" if before is not None and _what(before) == _what(target)
+                else f"at the start: {before.description}" if before is not None else "")
+        how = f"bound at its first fault from {source}{stale}" + (f"; {then}" if then else "")
+        return dataclasses.replace(target, description=f"{target.description} — {how}",
+                                   bound_at=at)

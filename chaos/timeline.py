@@ -25,7 +25,7 @@ import grpc
 from tdn.chaos.network import DrillNetwork
 from tdn.chaos.services import ServiceProcess
 from tdn.chaos.spec import FaultEvent
-from tdn.chaos.targets import ResolvedTarget
+from tdn.chaos.targets import ResolvedTarget, TargetBinder
 from tdn.chaos.toxiproxy import Stream, Toxic, ToxicType, ToxiproxyError
 from tdn.config import load_network
 from tdn.v1 import operator_pb2, operator_pb2_grpc
@@ -96,10 +96,9 @@ class PolicyOutcome:
 class Injector:
     """Applies faults to a network and remembers how to undo each one."""
 
-    def __init__(self, network: DrillNetwork, targets: Mapping[str, ResolvedTarget],
-                 http: aiohttp.ClientSession, base_dir: Path | None = None) -> None:
+    def __init__(self, network: DrillNetwork, http: aiohttp.ClientSession,
+                 base_dir: Path | None = None) -> None:
         self.network = network
-        self.targets = targets
         self.http = http
         # Where a drill's `file:` parameters are relative to (the drill file's folder).
         self.base_dir = base_dir or Path.cwd()
@@ -111,9 +110,10 @@ class Injector:
         self._rogues: list[ServiceProcess] = []
         self._channels: list[grpc.aio.Channel] = []
 
-    async def apply(self, event: FaultEvent, occurrence: int) -> int:
-        """Put ``event`` in force; return the key :meth:`revert` takes."""
-        target = self.targets[event.target]
+    async def apply(self, event: FaultEvent, occurrence: int, target: ResolvedTarget) -> int:
+        """Put ``event`` in force on ``target`` (its target as bound); return the key
+        :meth:`revert` takes. Each undo remembers what it acts on, so a revert hits what the
+        fault hit whatever happens to the network meanwhile."""
         undo: list[Undo] = []
         key = next(self._keys)
         self._undo[key] = (f"{event.title} #{occurrence}", undo)
@@ -301,21 +301,21 @@ def _enable(network: DrillNetwork, proxy: str) -> Undo:
     return enable
 
 
-async def run_timeline(events: Sequence[FaultEvent], injector: Injector,
-                       targets: Mapping[str, ResolvedTarget], clock: Callable[[], float],
-                       windows: list[Window]) -> None:
+async def run_timeline(events: Sequence[FaultEvent], injector: Injector, targets: TargetBinder,
+                       clock: Callable[[], float], windows: list[Window]) -> None:
     """Apply every occurrence of every event at its time (``clock`` counts from the drill's
-    start); append a :class:`Window` per occurrence as it starts."""
+    start); append a :class:`Window` per occurrence as it starts. A role target is bound by
+    ``targets`` when its first fault fires, and kept for its later ones."""
 
     async def occurrence(event: FaultEvent, i: int, start: float, length: float | None) -> None:
         await asyncio.sleep(max(start - clock(), 0.0))
-        # The window opens when injection begins: failover time is measured from the first
-        # moment a request could have been hurt.
+        target = await targets.bind(event.target, at=clock())
+        # The window opens when injection begins (after binding, which only reads state):
+        # failover time is measured from the first moment a request could have been hurt.
         begin = clock()
-        key = await injector.apply(event, i)
+        key = await injector.apply(event, i, target)
         window = Window(event=event.index, occurrence=i, title=event.title, fault=event.fault,
-                        target=event.target, factories=targets[event.target].factories,
-                        start=begin)
+                        target=event.target, factories=target.factories, start=begin)
         windows.append(window)
         if length is None:
             return  # in force until the load ends; restore_all reverts it

@@ -7,9 +7,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from chaos_support import MODEL, fake_network, policy, statuses
 
-from tdn.chaos.spec import FaultEvent, parse_drill
-from tdn.chaos.targets import ResolvedTarget
+from tdn.chaos.spec import DrillSpec, FaultEvent, parse_drill
+from tdn.chaos.targets import NetworkState, ResolvedTarget, TargetBinder
 from tdn.chaos.timeline import Injector, Window, _toxic, run_timeline
 from tdn.chaos.toxiproxy import Stream, ToxicType
 
@@ -56,13 +57,30 @@ class _Recorder(Injector):
         self.clock = clock
         self._n = 0
 
-    async def apply(self, event: FaultEvent, occurrence: int) -> int:
+    async def apply(self, event: FaultEvent, occurrence: int, target: ResolvedTarget) -> int:
         self._n += 1
         self.log.append(("apply", occurrence, self.clock()))
         return self._n
 
     async def revert(self, key: int) -> None:
         self.log.append(("revert", key, self.clock()))
+
+
+def _binder(spec: DrillSpec) -> TargetBinder:
+    """The drill's targets on a network whose sidecar routes everything to edge-fra-1."""
+    primary = policy(1, {"edge-fra-1": 1.0})
+
+    async def current() -> dict[str, Any]:
+        return primary
+
+    async def replicas() -> dict[str, dict[str, Any]]:
+        return statuses("a")
+
+    network, _ = fake_network()
+    binder = TargetBinder(network, spec.targets, model=MODEL, site="fra-office",
+                          policy=current, statuses=replicas)
+    binder.bind_start(NetworkState(primary, statuses("a")))
+    return binder
 
 
 async def test_a_flapping_fault_is_applied_and_reverted_each_time_on_schedule() -> None:
@@ -76,10 +94,8 @@ async def test_a_flapping_fault_is_applied_and_reverted_each_time_on_schedule() 
         return loop.time() - t0
 
     injector = _Recorder(clock)
-    target = ResolvedTarget(name="victim", kind="factory", description="",
-                            factories=("edge-fra-1",))
     windows: list[Window] = []
-    await run_timeline(spec.timeline, injector, {"victim": target}, clock, windows)
+    await run_timeline(spec.timeline, injector, _binder(spec), clock, windows)
     assert [(what, n) for what, n, _ in injector.log] == [
         ("apply", 0), ("revert", 1), ("apply", 1), ("revert", 2), ("apply", 2), ("revert", 3)]
     starts = [w.start for w in windows]
@@ -93,8 +109,7 @@ async def test_a_fault_without_an_end_stays_open_for_the_restore() -> None:
     spec = parse_drill(HEAD + "  - {at: 0, target: victim, fault: kill}\n", "t.yaml")
     loop = asyncio.get_running_loop()
     injector = _Recorder(loop.time)
-    target = ResolvedTarget(name="victim", kind="factory", description="")
     windows: list[Window] = []
-    await run_timeline(spec.timeline, injector, {"victim": target}, loop.time, windows)
+    await run_timeline(spec.timeline, injector, _binder(spec), loop.time, windows)
     assert [what for what, _, _ in injector.log] == ["apply"]
     assert windows[0].end is None
