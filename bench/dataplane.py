@@ -14,13 +14,16 @@ throughput, SSE relay cost per chunk, ``--workers`` scaling, failover drills (re
 blackholed primary), and an RSS soak (10 minutes; 1 with ``--quick``). Default run: about 20
 minutes; ``--quick``: about 3. Needs ``wrk`` and ``haproxy`` (Debian packages); LiteLLM is
 installed into ``~/.cache/tdn/bench-litellm`` on first use.
+
+``python -m bench.dataplane --only workers [--quick] [--no-write]`` runs one section alone (about
+3 minutes) and replaces just that subsection in docs/benchmarks.md, dated on its own line.
 """
 
 from __future__ import annotations
 
-import math
+import argparse
+import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,17 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.dataplane_load import WrkResult, chat_body, run_wrk
+from bench.dataplane_load import median as _median
+from bench.dataplane_load import ratio as _ratio
 from bench.dataplane_procs import (
     BenchSetupError,
     Proc,
     cpu_count,
-    cpu_seconds,
     free_port,
     haproxy_available,
     haproxy_version,
     litellm_version,
     pinned,
-    process_tree,
     python_module,
     wait_ready,
     wrk_available,
@@ -50,11 +53,14 @@ from bench.dataplane_targets import (
     Network,
     Target,
     direct,
+    settle,
     start_haproxy,
     start_litellm,
     start_tdn,
     stop_all,
 )
+from bench.dataplane_workers import HEADING as WORKERS_HEADING
+from bench.dataplane_workers import workers_section
 
 NAME = "dataplane"
 TITLE = "Data plane: sidecar overhead, failover and memory (issue 3)"
@@ -77,41 +83,17 @@ class Budget:
     drill_s: int
     soak_s: int
     soak_sample_s: float
+    workers_rounds: int  # a short section whose ratios move with the machine's noise: more
 
 
-FULL = Budget(rounds=3, latency_s=3, cpu_s=4, sse_s=4, drill_s=3, soak_s=600, soak_sample_s=10)
-QUICK = Budget(rounds=1, latency_s=1, cpu_s=2, sse_s=2, drill_s=3, soak_s=60, soak_sample_s=5)
-
-
-def _median(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]  # a run that served nothing
-    return statistics.median(finite) if finite else float("nan")
-
-
-def settle(targets: Sequence[Target], limit_s: float = 10.0) -> None:
-    """Wait until no proxy is still working off the last run's abandoned requests.
-
-    wrk stops with requests in flight; a slow proxy (LiteLLM) keeps serving them, and that
-    backlog must not be billed to the next run or the next path.
-    """
-    deadline = time.monotonic() + limit_s
-    procs = [t.proc for t in targets if t.proc is not None]
-    while time.monotonic() < deadline:
-        before = [p.cpu() for p in procs]
-        time.sleep(0.2)
-        busy = [p.cpu() - b for p, b in zip(procs, before, strict=True)]
-        if all(b < 0.03 for b in busy):  # under 15% of a core
-            return
+FULL = Budget(rounds=3, latency_s=3, cpu_s=4, sse_s=4, drill_s=3, soak_s=600, soak_sample_s=10,
+              workers_rounds=7)
+QUICK = Budget(rounds=1, latency_s=1, cpu_s=2, sse_s=2, drill_s=3, soak_s=60, soak_sample_s=5,
+               workers_rounds=1)
 
 
 def _ms(us: float) -> str:
     return f"{us / 1000:.2f}"
-
-
-def _ratio(a: float, b: float) -> str:
-    if b <= 0 or math.isnan(a) or math.isnan(b):
-        return "—"
-    return f"{a / b:.2f}x"
 
 
 # --- the network under the proxies -----------------------------------------------------------
@@ -320,61 +302,6 @@ def sse_section(targets: Sequence[Target], budget: Budget, log: Callable[[str], 
     return out
 
 
-def workers_supported() -> bool:
-    done = subprocess.run([sys.executable, "-m", "tdn.cli", "proxy", "--help"],
-                          capture_output=True, text=True, timeout=60, check=False)
-    return "--workers" in done.stdout
-
-
-def workers_section(backends: Backends, work: Path, budget: Budget,
-                    log: Callable[[str], None]) -> list[str]:
-    out = ["### `tdn proxy --workers N` across cores", ""]
-    if not workers_supported():
-        return [*out, "Not yet: `tdn proxy` has no `--workers` flag in this tree.", ""]
-    counts = sorted({1, 2, cpu_count()})
-    started: list[tuple[int, Target]] = []
-    try:
-        for n in counts:
-            started.append((n, start_tdn(backends.network, work, None, workers=n,
-                                         name=f"tdn-w{n}")))
-        runs: dict[int, list[tuple[WrkResult, float]]] = {}
-        # Per run, the busiest worker's share of the workers' CPU: SO_REUSEPORT spreads
-        # connections by hash, and an even spread is what makes the workers worth having.
-        busiest: dict[int, list[float]] = {}
-        for r in range(budget.rounds):
-            for n, t in started:
-                assert t.proc is not None
-                workers = [p for p in process_tree(t.proc.pid) if p != t.proc.pid]
-                before = {p: cpu_seconds(p) for p in workers}
-                runs.setdefault(n, []).append(
-                    _cpu_run(t, [chat_body("bench-d0")], 64, budget.cpu_s, load_cpu=None))
-                spent = [cpu_seconds(p) - before[p] for p in workers]
-                if len(spent) > 1 and sum(spent) > 0:
-                    busiest.setdefault(n, []).append(max(spent) / sum(spent))
-            log(f"workers round {r + 1}/{budget.rounds} done")
-    finally:
-        stop_all([t for _, t in started])
-    base = _median([w.rps for w, _ in runs[counts[0]]])
-    base_per_core = _median([w.rps / (cpu / w.duration_s) for w, cpu in runs[counts[0]] if cpu])
-    out += [f"Unpinned (all {cpu_count()} cores shared by the workers, wrk and the upstream), "
-            "c=64, 0 ms upstream. *req/s per sidecar core* is throughput over the cores the "
-            "sidecar's processes actually got: flat as workers are added means the sidecar "
-            "scales with the CPU it is given, and what is left of the machine (wrk, the "
-            "upstream, other work) bounds the rest. "
-            "*Busiest worker* is the largest share of the workers' CPU one worker took (an "
-            "even spread of connections by SO_REUSEPORT: 1/N).", "",
-            "| workers | req/s | x 1 worker | cores used by the sidecar | req/s per sidecar core "
-            "| x 1 worker | busiest worker |", "|---|---|---|---|---|---|---|"]
-    for n in counts:
-        rps = _median([w.rps for w, _ in runs[n]])
-        util = _median([cpu / w.duration_s for w, cpu in runs[n]])
-        per_core = _median([w.rps / (cpu / w.duration_s) for w, cpu in runs[n] if cpu])
-        share = f"{_median(busiest[n]):.0%}" if busiest.get(n) else "—"
-        out.append(f"| {n} | {rps:,.0f} | {_ratio(rps, base)} | {util:.2f} | {per_core:,.0f} "
-                   f"| {_ratio(per_core, base_per_core)} | {share} |")
-    return [*out, ""]
-
-
 def failover_section(targets: Sequence[Target], network: Network, budget: Budget,
                      log: Callable[[str], None]) -> list[str]:
     proxies = [t for t in targets if t.name != "direct"]
@@ -545,7 +472,8 @@ def run(quick: bool) -> str:
             body += latency_section(targets, budget, log)
             body += cpu_section(targets, backends, budget, log)
             body += sse_section(targets, budget, log)
-            body += workers_section(backends, work, budget, log)
+            body += workers_section(backends.network, backends.upstream, work,
+                                    rounds=budget.workers_rounds, seconds=budget.cpu_s, log=log)
             body += failover_section(targets, backends.network, budget, log)
             body += soak_section(targets, budget, log)
         finally:
@@ -568,3 +496,83 @@ def run(quick: bool) -> str:
     # The runner records the section; printing it too means the figures are seen at once.
     print(text, flush=True)
     return text
+
+
+# --- one section alone ------------------------------------------------------------------------
+
+SECTIONS = ("workers",)
+
+
+def run_section(section: str, quick: bool) -> list[str]:
+    """The Markdown lines of one section, measured on its own (backends started for it)."""
+    if not wrk_available():
+        raise BenchSetupError("wrk is not installed (Debian: apt-get install -y wrk)")
+    budget = QUICK if quick else FULL
+
+    def log(message: str) -> None:
+        print(f"  dataplane: {message}", flush=True)
+
+    assert section in SECTIONS
+    with tempfile.TemporaryDirectory(prefix="tdn-bench-dp-") as tmp:
+        work = Path(tmp)
+        backends = Backends(work)
+        try:
+            return workers_section(backends.network, backends.upstream, work,
+                                   rounds=budget.workers_rounds, seconds=budget.cpu_s, log=log)
+        finally:
+            backends.stop()
+
+
+def splice_subsection(doc: str, heading: str, lines: Sequence[str]) -> str:
+    """``doc`` with the data-plane subsection under ``heading`` replaced by ``lines``.
+
+    The subsection runs to the next ``### `` heading or the end of the data-plane block; the
+    rest of the file, other subsections' figures included, is left as it was.
+    """
+    block = re.search(rf"<!-- bench:{NAME} -->\n.*?<!-- /bench:{NAME} -->", doc, re.S)
+    if block is None:
+        raise BenchSetupError(f"no {NAME} section in the file: run `python -m bench {NAME}` "
+                              "once first")
+    text = block.group(0)
+    start = text.find(heading + "\n")
+    if start < 0:
+        raise BenchSetupError(f"no subsection {heading!r} in the {NAME} section")
+    nxt = text.find("\n### ", start + len(heading))
+    end = nxt + 1 if nxt >= 0 else text.rindex(f"<!-- /bench:{NAME} -->")
+    new = "\n".join(lines).rstrip("\n") + "\n\n"
+    return doc[:block.start()] + text[:start] + new + text[end:] + doc[block.end():]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.dataplane",
+        description="Run one section of the data-plane benchmark and replace just that "
+                    "subsection in docs/benchmarks.md (the whole benchmark: "
+                    "python -m bench dataplane).")
+    parser.add_argument("--only", choices=SECTIONS, required=True, help="the section to run")
+    parser.add_argument("--quick", action="store_true", help="one short round, a smoke check")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    # The runner's own module: where the file is and how machines are described.
+    from bench.__main__ import DOC, machine
+
+    try:
+        lines = run_section(args.only, args.quick)
+    except BenchSetupError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = f"python -m bench.dataplane --only {args.only}" + (" --quick" if args.quick
+                                                                  else "")
+    dated = [*lines[:2], f"Measured {stamp} on {machine()} by `{command}`"
+             f"{' (quick run)' if args.quick else ''}, on its own; the rest of this section "
+             "comes from the run dated above.", "", *lines[2:]]
+    print("\n".join(dated), flush=True)
+    if not args.no_write:
+        DOC.write_text(splice_subsection(DOC.read_text(), WORKERS_HEADING, dated))
+        print(f"bench: wrote the {args.only} subsection into {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

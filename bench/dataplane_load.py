@@ -9,6 +9,8 @@ core, so the generator is never what is being measured. The script POSTs OpenAI 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -38,6 +40,19 @@ class WrkResult:
     @property
     def rps(self) -> float:
         return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+
+
+def median(values: Sequence[float]) -> float:
+    """Median over rounds, leaving out runs that served nothing (nan); nan if none is left."""
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.median(finite) if finite else float("nan")
+
+
+def ratio(a: float, b: float) -> str:
+    """``a / b`` as ``1.23x``, or a dash when either side is missing."""
+    if b <= 0 or math.isnan(a) or math.isnan(b):
+        return "—"
+    return f"{a / b:.2f}x"
 
 
 def chat_body(model: str, *, stream: bool = False, max_tokens: int | None = None,

@@ -92,6 +92,36 @@ def cpu_seconds(pid: int) -> float:
     return total / CLOCK_TICKS
 
 
+def involuntary_switches(pid: int) -> int:
+    """Times the threads of ``pid`` were preempted (``nonvoluntary_ctxt_switches``): a busy
+    process preempted often is sharing its core, and pays for it in cache misses."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("nonvoluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
+def rw_syscalls(pid: int) -> int:
+    """read- and write-family system calls ``pid`` made (``syscr + syscw`` in /proc/<pid>/io):
+    a count of the work done per request that no amount of contention changes."""
+    try:
+        fields = dict(line.split(": ", 1) for line in
+                      Path(f"/proc/{pid}/io").read_text().splitlines())
+        return int(fields["syscr"]) + int(fields["syscw"])
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of ``pid`` and its descendants, from /proc/<pid>/statm."""
     total = 0

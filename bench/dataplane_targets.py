@@ -14,6 +14,7 @@ hangs, and a healthy simulated factory (``tdn factory-sim``) as the backup.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,9 +121,11 @@ def start_tdn(network: Network, work: Path, cpus: str | None, *, workers: int | 
               name: str = "tdn") -> Target:
     state = work / f"{name}-state"
     PolicyDisk(state).save(tdn_policy(network))
-    port, admin = free_port(), free_port()
+    port = free_port()
+    # Admin port 0: each process binds any free port itself. A fixed one would give worker i
+    # the port + i, which on a busy machine an outgoing connection may already hold.
     args = ["tdn.cli", "proxy", "--listen", f"127.0.0.1:{port}",
-            "--admin", f"127.0.0.1:{admin}", "--site", SITE, "--node-id", name,
+            "--admin", "127.0.0.1:0", "--site", SITE, "--node-id", name,
             "--state-dir", str(state), "--controlplane", "", "--log-level", "WARNING"]
     if workers is not None:
         args += ["--workers", str(workers)]
@@ -262,3 +265,19 @@ def start_litellm(network: Network, work: Path, cpus: str | None, notes: list[st
 def stop_all(targets: Sequence[Target]) -> None:
     for target in targets:
         target.stop()
+
+
+def settle(targets: Sequence[Target], limit_s: float = 10.0) -> None:
+    """Wait until no proxy is still working off the last run's abandoned requests.
+
+    wrk stops with requests in flight; a slow proxy (LiteLLM) keeps serving them, and that
+    backlog must not be billed to the next run or the next path.
+    """
+    deadline = time.monotonic() + limit_s
+    procs = [t.proc for t in targets if t.proc is not None]
+    while time.monotonic() < deadline:
+        before = [p.cpu() for p in procs]
+        time.sleep(0.2)
+        busy = [p.cpu() - b for p, b in zip(procs, before, strict=True)]
+        if all(b < 0.03 for b in busy):  # under 15% of a core
+            return
