@@ -127,7 +127,9 @@ def report(sizes: list[tuple[int, int]], solves: dict[tuple[int, int], list[dict
         lines += ["Load average (1, 5, 15 min) " + "; ".join(
             f"{when}: {a:.2f}, {b:.2f}, {c:.2f}" for when, (a, b, c) in zip(spans, loads,
                                                                           strict=False))
-            + " — on 2 shared cores, wall time above CPU time is other people's work.", ""]
+            + " — on 2 shared cores, wall time above CPU time is other people's work; CPU "
+            "time above wall time is the LP's independent blocks solved side by side on "
+            "threads.", ""]
     lines += [
         "| factories | groups | wall s | CPU s | status | peak memory (MiB) | greedy gap to LP "
         "optimum | greedy took (s) | LP optimum took (s) |",

@@ -212,24 +212,18 @@ class _WaterFiller:
             marginal = marginal + np.where(kept > _EPSILON, -churn, churn) * self.rate[g]
         return marginal
 
-    def _step(self, g: int, remaining: float,
-              avoid: frozenset[int] = frozenset()) -> tuple[float, int, float] | None:
-        """The cheapest next slice for group ``g``, not on ``avoid``: (marginal, pair, share)."""
-        if len(self.v_factory[g]) == 0:
-            return None
-        marginal = self._marginals(g)
-        if avoid:
-            marginal[np.isin(self.v_factory[g], list(avoid))] = math.inf
-        while True:
-            i = int(np.argmin(marginal))
-            best = float(marginal[i])
-            if not best < self.unserved_cost[g]:
-                return None
-            j = int(self.v_pair[g][i])
-            amount = self._amount(g, j, remaining)
-            if amount > _EPSILON:
-                return best, j, amount
-            marginal[i] = math.inf  # a sliver of room or tokens: not worth a slice
+    def _marginal(self, g: int, i: int, j: int) -> float:
+        """:meth:`_marginals` for one candidate (index ``i`` of group ``g``'s, pair ``j``),
+        computed with the same operations in the same order, so the same value."""
+        price = float(self.price[int(self.factory[j])])
+        if not math.isfinite(price) or self.shares[j] >= float(self.cap[j]) - _EPSILON:
+            return math.inf
+        marginal = float(self.v_static[g][i]) + float(self.v_conc[g][i]) * price
+        churn = self.churn[g]
+        if churn > 0:
+            kept = float(self.previous[j]) - self.shares[j]
+            marginal = marginal + (-churn if kept > _EPSILON else churn) * self.rate[g]
+        return marginal
 
     def _move(self, j: int, g: int, amount: float) -> None:
         f = int(self.factory[j])
@@ -248,15 +242,32 @@ class _WaterFiller:
 
     def fill(self, g: int, avoid: frozenset[int] = frozenset()) -> None:
         """Pour group ``g``'s unassigned share onto the cheapest margins, slice by slice,
-        staying off the factories in ``avoid``."""
+        staying off the factories in ``avoid``.
+
+        The candidates' marginals are computed once: a slice changes only its own factory's
+        price and its own pair's share, and a group has one pair per factory, so only the
+        marginal of the candidate just poured onto moves. A candidate with a mere sliver of
+        room or tokens left is closed for the rest of the pour (nothing it depends on changes
+        while other candidates take slices)."""
         remaining = self.unserved[g]
-        while remaining > _EPSILON:
-            best = self._step(g, remaining, avoid)
-            if best is None:
-                break
-            _, j, amount = best
-            self._move(j, g, amount)
-            remaining -= amount
+        if remaining > _EPSILON and len(self.v_factory[g]):
+            marginal = self._marginals(g)
+            if avoid:
+                marginal[np.isin(self.v_factory[g], list(avoid))] = math.inf
+            pairs = self.v_pair[g]
+            limit = self.unserved_cost[g]
+            while remaining > _EPSILON:
+                i = int(marginal.argmin())
+                if not float(marginal[i]) < limit:
+                    break
+                j = int(pairs[i])
+                amount = self._amount(g, j, remaining)
+                if amount <= _EPSILON:
+                    marginal[i] = math.inf  # a sliver of room or tokens: not worth a slice
+                    continue
+                self._move(j, g, amount)
+                remaining -= amount
+                marginal[i] = self._marginal(g, i, j)
         self.unserved[g] = max(remaining, 0.0)
 
     def release(self, g: int) -> None:

@@ -23,19 +23,31 @@ optimum would use. Each block therefore starts from the pairs the greedy assignm
 its previous primaries, and after every solve prices all the others with the duals: a pair
 whose reduced cost is negative would lower the objective and joins the model; when none is left
 (or the Lagrangian bound shows they could gain less than 0.001%), the restricted optimum is
-the optimum of the full LP. One GLOP instance per block is kept across rounds so that each
-re-solve starts from the previous basis.
+the optimum of the full LP. One GLOP instance per block (through MathOpt, which takes the
+model as arrays and a starting basis) is kept across rounds, and each re-solve starts from the
+previous optimal basis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from itertools import pairwise
-from typing import Any
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
-import numpy.typing as npt
-from ortools.linear_solver import linear_solver_pb2, pywraplp
+from ortools.glop import parameters_pb2 as glop_parameters_pb2
+from ortools.math_opt import (
+    callback_pb2,
+    model_parameters_pb2,
+    model_pb2,
+    model_update_pb2,
+    parameters_pb2,
+    result_pb2,
+    solution_pb2,
+)
+from ortools.math_opt.core.python import solver as math_opt
 
 from tdn.topology.problem import Problem, Solution, queueing_marginal_costs
 from tdn.topology.tables import Floats, Ints
@@ -54,10 +66,16 @@ _OPTIMALITY_GAP = 1e-5
 # Presolve would rebuild the problem on every re-solve and throw the previous basis away. The
 # dual simplex took 20-40% less time than the primal at a thousand factories, warm rounds
 # included (measured on the scale benchmark's instances).
-_GLOP_PARAMETERS = "use_preprocessing: false use_dual_simplex: true"
+_GLOP_PARAMETERS = glop_parameters_pb2.GlopParameters(use_preprocessing=False,
+                                                       use_dual_simplex=True)
 # Connected components are packed into one LP until it has this many candidate pairs: a GLOP
 # instance per one-group component would cost more in set-up than it saves.
 _MIN_BLOCK_PAIRS = 5_000
+# Blocks solved at once, each on its own thread (GLOP releases the GIL while it pivots; no
+# more threads than the machine has cores).
+_THREADS = min(4, os.cpu_count() or 1)
+
+_T = TypeVar("_T")
 
 
 class LpFailed(Exception):
@@ -132,114 +150,118 @@ def blocks(problem: Problem) -> list[Ints]:
     return packed
 
 
-def _split(row: Ints, values: npt.NDArray[Any], rows: int) -> list[list[Any]]:
-    """``values`` grouped by ``row`` (0 <= row < rows), in their given order within a row."""
-    order = np.argsort(row, kind="stable")
-    cuts = np.searchsorted(row[order], np.arange(rows + 1)).tolist()
-    ordered = values[order].tolist()
-    return [ordered[a:b] for a, b in pairwise(cuts)]
+# A new column's status in the basis handed to the next solve: non-basic at its lower bound 0.
+_AT_LOWER = solution_pb2.BASIS_STATUS_AT_LOWER_BOUND
+
+
+def _matrix(target: Any, rows: Ints, columns: Ints, values: Floats) -> None:
+    """Fill a MathOpt sparse matrix with entries sorted by (row, column), as it requires."""
+    order = np.lexsort((columns, rows))
+    target.row_ids.extend(rows[order].tolist())
+    target.column_ids.extend(columns[order].tolist())
+    target.coefficients.extend(values[order].tolist())
+
+
+def _variables(target: Any, first: int, upper: Floats) -> None:
+    """Append continuous variables ``first, first + 1, ...`` in [0, upper]."""
+    n = len(upper)
+    target.ids.extend(range(first, first + n))
+    target.lower_bounds.extend([0.0] * n)
+    target.upper_bounds.extend(upper.tolist())
+    target.integers.extend([False] * n)
 
 
 class _Model:
-    """One block's LP in a persistent GLOP solver: fixed rows and queueing variables, columns
-    added in rounds. Presolve is off so that each re-solve starts from the previous optimal
-    basis (new columns enter it non-basic), which makes a pricing round a few hundred pivots."""
+    """One block's LP in a persistent GLOP solver (through MathOpt): fixed rows and queueing
+    variables, columns added in rounds. Each re-solve is handed the previous optimal basis with
+    the new columns non-basic at zero, which makes a pricing round a few hundred pivots.
+
+    Why the basis is handed over explicitly: GLOP's dual simplex cannot keep its own basis when
+    columns are added (the objective changed), and the statuses it then reuses are indexed as
+    before the new columns, so the slacks' statuses land on the new columns and the warm start
+    is mostly lost (about 800 pivots to take in 40 new columns at 1,000 x 2,000; 180 with the
+    basis handed over)."""
 
     def __init__(self, problem: Problem, pairs: Ints, initial: Ints) -> None:
         """The block of ``pairs`` (every primary-eligible pair of its groups, sorted) with the
-        columns of ``initial`` in it. The starting model is loaded as one protobuf: a call per
-        variable and coefficient would cost more than the first solve."""
+        columns of ``initial`` in it, built as one MathOpt model from arrays."""
         self.p = problem
         ft = problem.factories
         self.pairs = pairs
-        self.groups = np.unique(problem.group[pairs])
-        factories = np.unique(problem.factory[pairs])
+        grouped = problem.group[pairs]  # sorted: pairs are in group order
+        self.groups = grouped[np.r_[True, grouped[1:] != grouped[:-1]]]
+        factories = np.flatnonzero(np.bincount(problem.factory[pairs], minlength=len(ft)))
         marginals = np.asarray(queueing_marginal_costs(problem.options), dtype=np.float64)
         K = len(marginals)
         n_groups, n_factories = len(self.groups), len(factories)
-        # Variables: u per group, then s per factory and segment, then the columns.
         G, F = problem.group_count, len(ft)
+        # Rows: served per group, balance per factory, then a token row per factory that
+        # declares a token rate. Variables: u per group, s per factory and segment, columns.
+        self.served_row = np.full(G, -1, dtype=np.int64)
+        self.served_row[self.groups] = np.arange(n_groups)
+        self.balance_row = np.full(F, -1, dtype=np.int64)
+        self.balance_row[factories] = n_groups + np.arange(n_factories)
+        with_tokens = factories[ft.token_capacity[factories] > 0]
+        self.token_row = np.full(F, -1, dtype=np.int64)
+        self.token_row[with_tokens] = n_groups + n_factories + np.arange(len(with_tokens))
+        n_rows = n_groups + n_factories + len(with_tokens)
         self.unserved_var = np.full(G, -1, dtype=np.int64)
         self.unserved_var[self.groups] = np.arange(n_groups)
         column_pair, upper, price, self.offset = self._columns(initial)
         first_column = n_groups + n_factories * K
-        columns = first_column + np.arange(len(column_pair))
-        segment = np.repeat(ft.capacity[factories] / K, K)
-        model = linear_solver_pb2.MPModelProto()
-        add_variable = model.variable.add
-        for ub, cost in zip(
-                np.concatenate((np.ones(n_groups), segment, upper)).tolist(),
-                np.concatenate(((problem.objective_rate * problem.penalty)[self.groups],
-                                np.tile(marginals, n_factories), price)).tolist(),
-                strict=True):
-            add_variable(lower_bound=0.0, upper_bound=ub, objective_coefficient=cost)
-        model.objective_offset = self.offset
-        # Rows: served per group, then per factory its balance and (if it has one) token row.
-        g_of = problem.group[column_pair]
-        f_of = problem.factory[column_pair]
-        by_group = _split(np.searchsorted(self.groups, g_of), columns, n_groups)
-        by_factory = _split(np.searchsorted(factories, f_of), columns, n_factories)
-        conc_by_factory = _split(np.searchsorted(factories, f_of),
-                                 problem.concurrency[column_pair], n_factories)
-        tps_by_factory = _split(np.searchsorted(factories, f_of),
-                                problem.tokens_per_s[g_of], n_factories)
-        self.served_row = np.full(G, -1, dtype=np.int64)
-        self.balance_row = np.full(F, -1, dtype=np.int64)
-        self.token_row = np.full(F, -1, dtype=np.int64)
-        add_row = model.constraint.add
-        for i, g in enumerate(self.groups.tolist()):
-            self.served_row[g] = i
-            row = add_row(lower_bound=1.0, upper_bound=1.0)
-            row.var_index.append(i)
-            row.var_index.extend(by_group[i])
-            row.coefficient.extend([1.0] * (1 + len(by_group[i])))
-        next_row = n_groups
-        token_capacity = ft.token_capacity.tolist()
-        for i, f in enumerate(factories.tolist()):
-            self.balance_row[f] = next_row
-            row = add_row(lower_bound=0.0, upper_bound=0.0)
-            row.var_index.extend(range(n_groups + i * K, n_groups + (i + 1) * K))
-            row.var_index.extend(by_factory[i])
-            row.coefficient.extend([-1.0] * K)
-            row.coefficient.extend(conc_by_factory[i])
-            next_row += 1
-            if token_capacity[f] > 0:
-                self.token_row[f] = next_row
-                row = add_row(lower_bound=0.0, upper_bound=token_capacity[f])
-                row.var_index.extend(by_factory[i])
-                row.coefficient.extend(tps_by_factory[i])
-                next_row += 1
-        solver = pywraplp.Solver.CreateSolver("GLOP")
-        if solver is None:
-            raise LpFailed("GLOP unavailable")
-        error = solver.LoadModelFromProto(model)
-        if error:
-            raise LpFailed(f"GLOP refused the model: {error}")
-        if not solver.SetSolverSpecificParametersAsString(_GLOP_PARAMETERS):
-            raise LpFailed(f"GLOP refused parameters {_GLOP_PARAMETERS!r}")
-        self.solver = solver
-        self.objective = solver.Objective()
-        self.objective.SetMinimization()
-        rows = solver.constraints()
-        self.served = {g: rows[i] for g, i in zip(self.groups.tolist(),
-                                                  self.served_row[self.groups].tolist(),
-                                                  strict=True)}
-        self.balance: dict[int, Any] = {f: rows[self.balance_row[f]]
-                                        for f in factories.tolist()}
-        self.tokens: dict[int, Any] = {f: rows[self.token_row[f]] for f in factories.tolist()
-                                       if self.token_row[f] >= 0}
+        columns = first_column + np.arange(len(column_pair), dtype=np.int64)
+        model = model_pb2.ModelProto()
+        _variables(model.variables, 0, np.concatenate(
+            (np.ones(n_groups), np.repeat(ft.capacity[factories] / K, K), upper)))
+        n_vars = first_column + len(column_pair)
+        model.objective.offset = self.offset
+        model.objective.linear_coefficients.ids.extend(range(n_vars))
+        model.objective.linear_coefficients.values.extend(np.concatenate(
+            ((problem.objective_rate * problem.penalty)[self.groups],
+             np.tile(marginals, n_factories), price)).tolist())
+        rows = model.linear_constraints
+        rows.ids.extend(range(n_rows))
+        rows.lower_bounds.extend([1.0] * n_groups + [0.0] * (n_rows - n_groups))
+        rows.upper_bounds.extend([1.0] * n_groups + [0.0] * n_factories
+                                 + ft.token_capacity[with_tokens].tolist())
+        segments = n_groups + np.arange(n_factories * K, dtype=np.int64)
+        r, c, v = self._entries(column_pair, columns)
+        _matrix(model.linear_constraint_matrix,
+                np.concatenate((np.arange(n_groups), np.repeat(self.balance_row[factories], K), r)),
+                np.concatenate((np.arange(n_groups), segments, c)),
+                np.concatenate((np.ones(n_groups), -np.ones(n_factories * K), v)))
+        try:
+            self.solver = math_opt.new(parameters_pb2.SOLVER_TYPE_GLOP, model,
+                                       parameters_pb2.SolverInitializerProto())
+        except Exception as exc:  # pybind11_abseil's StatusNotOk: the model was refused
+            raise LpFailed(f"GLOP refused the model: {exc}") from exc
+        self.n_vars, self.n_rows = n_vars, n_rows
         self.in_model = np.zeros(len(problem.group), dtype=np.bool_)
         self.in_model[initial] = True
-        # Column variables by index (creation order), the pair each belongs to, its price.
+        # Column variables by id (creation order), the pair each belongs to, its price.
         self.column_var: list[int] = columns.tolist()
         self.column_pair: list[int] = column_pair.tolist()
         self.column_price: list[float] = price.tolist()
-        self.response = linear_solver_pb2.MPSolutionResponse()
+        self.variable_status: list[int] = []  # the last basis, empty before the first solve
+        self.row_status: list[int] = []
         self.values: Floats = np.zeros(0)
         self.dual_values: Floats = np.zeros(0)
         self.value = 0.0  # the objective of the last solution read
         self.solved = False  # whether a solution has been read at all
         self.pricing = False  # whether pricing rounds may still improve it
+
+    def _entries(self, pair: Ints, var: Ints) -> tuple[Ints, Ints, Floats]:
+        """Constraint matrix entries (row, variable, coefficient) of x columns: 1 in the
+        group's served row, concurrency in the factory's balance row, the group's output
+        tokens/s in the factory's token row if it has one."""
+        p = self.p
+        g, f = p.group[pair], p.factory[pair]
+        tokens = self.token_row[f] >= 0
+        rows = np.concatenate((self.served_row[g], self.balance_row[f], self.token_row[f][tokens]))
+        columns = np.concatenate((var, var, var[tokens]))
+        values = np.concatenate((np.ones(len(pair)), p.concurrency[pair],
+                                 p.tokens_per_s[g][tokens]))
+        return rows, columns, values
 
     def _columns(self, pairs: Ints) -> tuple[Ints, Floats, Floats, float]:
         """The variables of ``pairs``' x columns: the pair each belongs to, its upper bound and
@@ -263,36 +285,66 @@ class _Model:
         return pair[order], upper[order], price[order], float(np.sum(rate * churn * prev))
 
     def add(self, pairs: Ints) -> None:
-        """Add the x columns of ``pairs``."""
-        p, solver, objective = self.p, self.solver, self.objective
+        """Add the x columns of ``pairs`` (non-basic at zero in the next solve's basis)."""
         pair, upper, price, offset = self._columns(pairs)
         self.offset += offset
-        new_var, served, balance, tokens = solver.NumVar, self.served, self.balance, self.tokens
-        g = p.group[pair]
-        for j, gj, f, conc, tps, ub, cost in zip(
-                pair.tolist(), g.tolist(), p.factory[pair].tolist(),
-                p.concurrency[pair].tolist(), p.tokens_per_s[g].tolist(), upper.tolist(),
-                price.tolist(), strict=True):
-            var = new_var(0.0, ub, "")
-            objective.SetCoefficient(var, cost)
-            served[gj].SetCoefficient(var, 1.0)
-            balance[f].SetCoefficient(var, conc)
-            token_row = tokens.get(f)
-            if token_row is not None:
-                token_row.SetCoefficient(var, tps)
-            self.column_var.append(var.index())
-            self.column_pair.append(j)
-            self.column_price.append(cost)
-        objective.SetOffset(self.offset)
+        var = self.n_vars + np.arange(len(pair), dtype=np.int64)
+        update = model_update_pb2.ModelUpdateProto()
+        _variables(update.new_variables, self.n_vars, upper)
+        update.objective_updates.offset_update = self.offset
+        update.objective_updates.linear_coefficients.ids.extend(var.tolist())
+        update.objective_updates.linear_coefficients.values.extend(price.tolist())
+        _matrix(update.linear_constraint_matrix_updates, *self._entries(pair, var))
+        try:
+            updated = self.solver.update(update)
+        except Exception as exc:  # StatusNotOk
+            raise LpFailed(f"GLOP refused new columns: {exc}") from exc
+        if not updated:
+            raise LpFailed("GLOP cannot add columns to a model")
+        self.n_vars += len(pair)
+        if self.variable_status:
+            self.variable_status.extend([_AT_LOWER] * len(pair))
+        self.column_var.extend(var.tolist())
+        self.column_pair.extend(pair.tolist())
+        self.column_price.extend(price.tolist())
         self.in_model[pairs] = True
 
-    def read_solution(self) -> None:
-        """Fetch all primal and dual values at once (one protobuf, no call per variable)."""
-        self.response.Clear()
-        self.solver.FillSolutionResponseProto(self.response)
-        self.values = np.asarray(self.response.variable_value, dtype=np.float64)
-        self.dual_values = np.asarray(self.response.dual_value, dtype=np.float64)
-        self.value = float(self.response.objective_value)
+    def solve(self, seconds: float) -> Any:
+        """Run GLOP for at most ``seconds``, from the last basis if there is one; the result
+        (a SolveResultProto)."""
+        parameters = parameters_pb2.SolveParametersProto()
+        parameters.time_limit.FromMilliseconds(max(1, int(seconds * 1000)))
+        parameters.lp_algorithm = parameters_pb2.LP_ALGORITHM_DUAL_SIMPLEX
+        parameters.presolve = parameters_pb2.EMPHASIS_OFF
+        parameters.glop.CopyFrom(_GLOP_PARAMETERS)
+        model_parameters = model_parameters_pb2.ModelSolveParametersProto()
+        # Reduced costs are recomputed by pricing for the columns outside the model only.
+        model_parameters.reduced_costs_filter.filter_by_ids = True
+        if self.variable_status:
+            basis = model_parameters.initial_basis
+            basis.variable_status.ids.extend(range(self.n_vars))
+            basis.variable_status.values.extend(self.variable_status)
+            basis.constraint_status.ids.extend(range(self.n_rows))
+            basis.constraint_status.values.extend(self.row_status)
+        try:
+            return self.solver.solve(parameters, model_parameters, None,
+                                     callback_pb2.CallbackRegistrationProto(), None, None)
+        except Exception as exc:  # StatusNotOk: the model or the basis was refused
+            raise LpFailed(f"GLOP failed: {exc}") from exc
+
+    def read_solution(self, result: Any) -> None:
+        """Keep the primal and dual values and the basis of a solve's result."""
+        solution = result.solutions[0]
+        values = solution.primal_solution.variable_values.values
+        self.values = np.fromiter(values, dtype=np.float64, count=len(values))
+        duals = solution.dual_solution.dual_values.values
+        self.dual_values = np.fromiter(duals, dtype=np.float64, count=len(duals))
+        self.value = float(solution.primal_solution.objective_value)
+        if solution.HasField("basis"):
+            self.variable_status = list(solution.basis.variable_status.values)
+            self.row_status = list(solution.basis.constraint_status.values)
+        else:
+            self.variable_status, self.row_status = [], []
 
     def duals(self) -> tuple[Floats, Floats, Floats]:
         """Duals of the served rows (per group), the balance and token rows (per factory).
@@ -367,12 +419,14 @@ class _Model:
         unserved[self.groups] = np.clip(self.values[self.unserved_var[self.groups]], 0.0, 1.0)
 
 
-_STATUS_NAMES = {
-    pywraplp.Solver.INFEASIBLE: "infeasible",
-    pywraplp.Solver.UNBOUNDED: "unbounded",
-    pywraplp.Solver.ABNORMAL: "abnormal",
-    pywraplp.Solver.MODEL_INVALID: "model invalid",
-    pywraplp.Solver.NOT_SOLVED: "not solved",
+_REASONS = {
+    result_pb2.TERMINATION_REASON_INFEASIBLE: "infeasible",
+    result_pb2.TERMINATION_REASON_UNBOUNDED: "unbounded",
+    result_pb2.TERMINATION_REASON_INFEASIBLE_OR_UNBOUNDED: "infeasible or unbounded",
+    result_pb2.TERMINATION_REASON_IMPRECISE: "imprecise",
+    result_pb2.TERMINATION_REASON_NO_SOLUTION_FOUND: "not solved",
+    result_pb2.TERMINATION_REASON_NUMERICAL_ERROR: "abnormal",
+    result_pb2.TERMINATION_REASON_OTHER_ERROR: "abnormal",
 }
 
 
@@ -385,18 +439,51 @@ def _solve(model: _Model, seconds_left: Callable[[], float], limit: float) -> bo
         if model.solved:
             return False
         raise LpFailed(f"lp model took the whole time limit {limit:g} s to build")
-    model.solver.SetTimeLimit(max(1, int(remaining * 1000)))
-    status = model.solver.Solve()
-    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
+    result = model.solve(remaining)
+    reason = int(result.termination.reason)
+    optimal: bool = reason == result_pb2.TERMINATION_REASON_OPTIMAL
+    feasible = (reason == result_pb2.TERMINATION_REASON_FEASIBLE and bool(result.solutions)
+                and result.solutions[0].primal_solution.feasibility_status
+                == solution_pb2.SOLUTION_STATUS_FEASIBLE)
+    if not (optimal or feasible):
         if model.solved:
             return False  # the previous restricted optimum is still read out
-        name = _STATUS_NAMES.get(status, f"status {status}")
-        if status == pywraplp.Solver.NOT_SOLVED:
+        name = _REASONS.get(reason, f"status {reason}")
+        if result.termination.limit == result_pb2.LIMIT_TIME:
             name = f"{name} within time limit {limit:g} s"
         raise LpFailed(f"lp {name}")
-    model.read_solution()
+    model.read_solution(result)
     model.solved = True
-    return bool(status == pywraplp.Solver.OPTIMAL)
+    return optimal
+
+
+def _price(model: _Model, seconds_left: Callable[[], float], rounds: int) -> bool:
+    """Pricing rounds on one solved block until no column could lower its objective by more
+    than _OPTIMALITY_GAP; True when its restricted optimum is then proven optimal (False when
+    the budget or the rounds ran out first, leaving the last restricted optimum)."""
+    limit = model.p.options.time_limit_s
+    for round_ in range(rounds + 1):
+        entering, bound = model.entering()
+        if len(entering) == 0 or bound <= _OPTIMALITY_GAP * max(1.0, abs(model.value)):
+            return True  # optimal, or provably within _OPTIMALITY_GAP of it
+        if round_ == rounds:
+            return False  # rounds ran out with columns still to add
+        model.add(entering)
+        if not _solve(model, seconds_left, limit):
+            return False
+    return False
+
+
+def _in_parallel(tasks: Sequence[Callable[[], _T]]) -> list[_T]:
+    """Run independent blocks' work on up to _THREADS threads (GLOP releases the GIL while it
+    pivots), results in the tasks' order; the first exception is raised after all finished."""
+    workers = min(len(tasks), _THREADS)
+    if workers <= 1:
+        return [task() for task in tasks]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tdn-lp") as pool:
+        futures = [pool.submit(task) for task in tasks]
+        wait(futures)
+    return [future.result() for future in futures]
 
 
 def solve_lp(problem: Problem, seconds_left: Callable[[], float],
@@ -407,28 +494,25 @@ def solve_lp(problem: Problem, seconds_left: Callable[[], float],
     each pricing round take time too, and the limit is the operator's budget for the whole
     solve, not for GLOP. When the budget runs out between rounds, the last restricted optimum
     stands with status "feasible" (a valid plan, not proven optimal).
+
+    Blocks are independent LPs, so they are solved side by side on threads; each block's
+    result depends only on its own rounds, so the plan is the same however they interleave.
     """
     limit = problem.options.time_limit_s
-    start = initial_pairs(problem, seed)
+    starting = np.zeros(len(problem.group), dtype=np.bool_)
+    starting[initial_pairs(problem, seed)] = True
+
+    def first(pairs: Ints) -> _Model:
+        model = _Model(problem, pairs, pairs[starting[pairs]])
+        model.pricing = _solve(model, seconds_left, limit)
+        return model
+
     # Every block is solved once before any is priced, so that a budget spent while pricing
     # leaves each with a restricted optimum (a "feasible" plan) rather than some with none.
-    models = []
-    for pairs in blocks(problem):
-        model = _Model(problem, pairs, np.intersect1d(start, pairs, assume_unique=True))
-        model.pricing = _solve(model, seconds_left, limit)
-        models.append(model)
-    proven = all(model.pricing for model in models)
-    for round_ in range(problem.options.pricing_rounds + 1):
-        for model in [m for m in models if m.pricing]:
-            entering, bound = model.entering()
-            if len(entering) == 0 or bound <= _OPTIMALITY_GAP * max(1.0, abs(model.value)):
-                model.pricing = False  # optimal, or provably within _OPTIMALITY_GAP of it
-            elif round_ == problem.options.pricing_rounds:
-                proven = model.pricing = False  # rounds ran out with columns still to add
-            else:
-                model.add(entering)
-                model.pricing = _solve(model, seconds_left, limit)
-                proven &= model.pricing
+    models = _in_parallel([partial(first, pairs) for pairs in blocks(problem)])
+    rounds = problem.options.pricing_rounds
+    proven = _in_parallel([partial(_price, model, seconds_left, rounds) if model.pricing
+                           else partial(bool, False) for model in models])
     x = np.zeros(len(problem.group), dtype=np.float64)
     unserved = np.ones(problem.group_count, dtype=np.float64)
     objective = 0.0
@@ -442,4 +526,4 @@ def solve_lp(problem: Problem, seconds_left: Callable[[], float],
     x = np.clip(x, 0.0, 1.0)
     x[x <= _ZERO] = 0.0
     return Solution(x=x, unserved=unserved, objective=objective,
-                    status="optimal" if proven else "feasible")
+                    status="optimal" if all(proven) else "feasible")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tdn.domain import Demand, FactoryLoad, FactorySpec, FactoryState, Health, Price, Site, Tier
-from tdn.topology.greedy import _pour, _refine, assign_greedily
+from tdn.topology.greedy import _pour, _refine, _slot_regret_order, _WaterFiller, assign_greedily
 from tdn.topology.lp import solve_lp
 from tdn.topology.problem import Problem, build_problem, objective_value
 from tdn.topology.solver import SolveOptions, greedy, solve
@@ -151,3 +151,46 @@ def test_greedy_is_never_cheaper_than_the_lp_optimum_and_the_same_input_gives_th
         again.routes, again.status, again.objective)
     if optimum.status.startswith("optimal"):
         assert first.objective >= optimum.objective * (1 - 1e-6) - 1e-6
+
+
+class _SliceBySlice(_WaterFiller):
+    """Water-filling as first written: every candidate's marginal recomputed before each slice
+    (the reference the pour keeps to while updating only the candidate that moved)."""
+
+    def fill(self, g: int, avoid: frozenset[int] = frozenset()) -> None:
+        remaining = self.unserved[g]
+        while remaining > 1e-12 and len(self.v_pair[g]):
+            marginal = self._marginals(g)
+            if avoid:
+                marginal[np.isin(self.v_factory[g], list(avoid))] = np.inf
+            while True:
+                i = int(np.argmin(marginal))
+                if not marginal[i] < self.unserved_cost[g]:
+                    self.unserved[g] = max(remaining, 0.0)
+                    return
+                j = int(self.v_pair[g][i])
+                amount = self._amount(g, j, remaining)
+                if amount > 1e-12:
+                    break
+                marginal[i] = np.inf
+            self._move(j, g, amount)
+            remaining -= amount
+        self.unserved[g] = max(remaining, 0.0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("cap", [1.0, 0.34])
+def test_pouring_with_marginals_updated_slice_by_slice_pours_exactly_as_recomputing_them(
+        seed: int, cap: float) -> None:
+    factories, sites, demands = generated(seed)
+    options = SolveOptions(max_primary_share=cap)
+    # A previous plan makes churn price slices below and above the previous share apart.
+    previous = solve(factories, sites, demands[::2], options=options)
+    problem = build_problem(factories, sites, demands, previous, options)
+    order = _slot_regret_order(problem)
+    fast, reference = _WaterFiller(problem), _SliceBySlice(problem)
+    for g in order:
+        fast.fill(g)
+        reference.fill(g)
+    np.testing.assert_array_equal(fast.x, reference.x)
+    assert fast.unserved == reference.unserved

@@ -71,8 +71,7 @@ def test_a_group_wholly_on_its_cheapest_factory_asks_for_no_dearer_column() -> N
     cheap = int(np.flatnonzero(problem.primary)[0])
     assert problem.factories.id(int(problem.factory[cheap])) == "cheap"
     model = _Model(problem, np.flatnonzero(problem.primary), np.array([cheap]))
-    model.solver.Solve()
-    model.read_solution()
+    model.read_solution(model.solve(10.0))
     entering, bound = model.entering()
     assert len(entering) == 0 and bound == 0.0
 
@@ -98,3 +97,59 @@ def test_rounds_cut_short_by_the_time_limit_leave_a_feasible_restricted_optimum(
     assert cut.unserved.sum() > 0  # what the one column could not carry
     full = solve_lp(tight, lambda: 10.0)
     assert full.status == "optimal" and full.objective < cut.objective
+
+
+def wide(seed: int = 5) -> Problem:
+    """Two zones of a dozen factories each against many groups, with the share cap: enough
+    contention that pricing needs several rounds."""
+    rng = np.random.default_rng(seed)
+    sites = [FRA, NYC]
+    factories = [factory(f"{zone}-{i:02d}", float(rng.uniform(0.1, 1.5)),
+                         region="eu-west" if zone == "eu" else "us-east", zone=zone,
+                         max_concurrency=int(rng.integers(4, 30)), models=("m", "n"))
+                 for zone in ("eu", "us") for i in range(12)]
+    demands = [demand(site, float(rng.uniform(0.5, 4.0)), model)
+               for site in ("fra", "nyc") for model in ("m", "n")]
+    return build_problem(factories, sites, demands, None, SolveOptions(max_primary_share=0.34))
+
+
+def test_columns_added_to_a_solved_block_reach_the_optimum_of_solving_them_all_at_once(
+        ) -> None:
+    # Each pricing round hands GLOP the previous basis with the new columns at zero; the
+    # optimum must be the one a cold solve of the final column set finds.
+    problem = wide()
+    pairs = np.flatnonzero(problem.primary)
+    seed = assign_greedily(problem, "g", passes=0)
+    start = pairs[seed.x[pairs] > 0]
+    warm = _Model(problem, pairs, start)
+    warm.read_solution(warm.solve(10.0))
+    rounds = 0
+    while True:
+        entering, _ = warm.entering()
+        if len(entering) == 0:
+            break
+        warm.add(entering)
+        warm.read_solution(warm.solve(10.0))
+        rounds += 1
+    assert rounds >= 1
+    cold = _Model(problem, pairs, np.flatnonzero(warm.in_model))
+    cold.read_solution(cold.solve(10.0))
+    assert warm.value == pytest.approx(cold.value, rel=1e-9)
+    full = _Model(problem, pairs, pairs)
+    full.read_solution(full.solve(10.0))
+    assert warm.value == pytest.approx(full.value, rel=1e-9)
+
+
+def test_blocks_solved_side_by_side_give_the_plan_of_solving_them_one_after_another(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lp_module, "_MIN_BLOCK_PAIRS", 1)
+    problem = wide()
+    assert len(blocks(problem)) == 2
+    seed = assign_greedily(problem, "g", passes=0)
+    monkeypatch.setattr(lp_module, "_THREADS", 1)
+    one_by_one = solve_lp(problem, lambda: 10.0, seed)
+    monkeypatch.setattr(lp_module, "_THREADS", 2)
+    side_by_side = solve_lp(problem, lambda: 10.0, seed)
+    assert side_by_side.status == one_by_one.status == "optimal"
+    assert side_by_side.objective == one_by_one.objective
+    np.testing.assert_array_equal(side_by_side.x, one_by_one.x)
