@@ -23,7 +23,6 @@ line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import statistics
 import sys
@@ -453,6 +452,22 @@ def _slope(points: Sequence[tuple[float, float]]) -> float:
 # --- the run ----------------------------------------------------------------------------------
 
 
+def _start_proxies(targets: list[Target], backends: Backends, work: Path,
+                   notes: list[str]) -> None:
+    """Start TDN, HAProxy and LiteLLM on the proxy core, appending each to ``targets`` as it
+    starts (so that a failure still stops those already running); a missing peer is a note."""
+    targets.append(start_tdn(backends.network, work, PROXY_CPU))
+    if haproxy_available():
+        targets.append(start_haproxy(backends.network, work, PROXY_CPU))
+    else:
+        notes.append("HAProxy not installed (Debian: apt-get install -y haproxy): "
+                     "its column is missing.")
+    try:
+        targets.append(start_litellm(backends.network, work, PROXY_CPU, notes))
+    except BenchSetupError as exc:
+        notes.append(f"LiteLLM did not start, its column is missing: {exc}")
+
+
 def run(quick: bool) -> str:
     if not wrk_available():
         raise BenchSetupError("wrk is not installed (Debian: apt-get install -y wrk)")
@@ -468,16 +483,7 @@ def run(quick: bool) -> str:
         backends = Backends(work)
         targets: list[Target] = [direct(backends.network)]
         try:
-            targets.append(start_tdn(backends.network, work, PROXY_CPU))
-            if haproxy_available():
-                targets.append(start_haproxy(backends.network, work, PROXY_CPU))
-            else:
-                notes.append("HAProxy not installed (Debian: apt-get install -y haproxy): "
-                             "its column is missing.")
-            try:
-                targets.append(start_litellm(backends.network, work, PROXY_CPU, notes))
-            except BenchSetupError as exc:
-                notes.append(f"LiteLLM did not start, its column is missing: {exc}")
+            _start_proxies(targets, backends, work, notes)
             log("started " + ", ".join(t.name for t in targets))
             body: list[str] = []
             body += latency_section(targets, budget, log)
@@ -534,11 +540,10 @@ def run_section(section: str, quick: bool) -> list[str]:
                 return workers_section(backends.network, backends.upstream, work,
                                        rounds=budget.workers_rounds, seconds=budget.cpu_s,
                                        log=log)
-            targets.append(start_tdn(backends.network, work, PROXY_CPU))
-            if haproxy_available():
-                targets.append(start_haproxy(backends.network, work, PROXY_CPU))
-            with contextlib.suppress(BenchSetupError):
-                targets.append(start_litellm(backends.network, work, PROXY_CPU, []))
+            notes: list[str] = []
+            _start_proxies(targets, backends, work, notes)
+            for note in notes:
+                log(note)
             return failover_section(targets, backends.network, budget, log)
         finally:
             stop_all(targets)

@@ -129,12 +129,13 @@ class SidecarModel:
                 return None
             # As exchange.py: the balancer's order for this request, narrowed by ejections
             # once (all of them when none is left: panic), then walked by the failover loop.
-            order = self.balancer.candidates(self.policy, route)
+            plan = self.balancer.plan(self.policy, route)
+            order = plan.order()
             live = [e for e in order if self._usable(e.id, now)]
             # As health.select for a stream: a first candidate slow to start streams right now
             # is passed over for the route's other primaries, then its backups.
-            ordered, _ = prefer_fast(live or order, {m.factory_id for m in route.primary},
-                                     self.watch, now, self.slow_first_byte_s)
+            ordered, _ = prefer_fast(live or order, plan.primary_ids, self.watch, now,
+                                     self.slow_first_byte_s)
             state = self.pending[req.id] = (list(ordered), set())
         remaining, failed_domains = state
         if req.tried:

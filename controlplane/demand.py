@@ -157,24 +157,27 @@ class DemandEstimator:
         # alone, its first estimate would divide by almost nothing.
         window = max(window, MIN_WINDOW_S)
         configured = self._configured_by_group(policy)
+        # Each record's (group, share of its counts), decided once for both sums.
+        counted: list[tuple[Key, float, usage_pb2.UsageRecord]] = []
+        for record in report.records:
+            model = policy.resolve_model(record.model)
+            parts = configured.get((report.site, model), [])
+            counted += [((report.site, model, name), share, record)
+                        for name, share in self._classes(record, parts, policy)]
         for sums, tau in ((self._groups, self._tau), (self._surges, self._surge_tau)):
             # The counts were spread over the window, not all made now: weighed as such, a
             # steady rate reported in windows gives exactly the continuous estimate.
-            spread = 1.0 if window <= 0 else -math.expm1(-window / tau) * tau / window
-            for record in report.records:
-                model = policy.resolve_model(record.model)
-                parts = configured.get((report.site, model), [])
-                for name, share in self._classes(record, parts, policy):
-                    key = (report.site, model, name)
-                    group = sums.get(key)
-                    if group is None:
-                        # The counts cover the window before now: date it from its start.
-                        group = sums[key] = _Smoothed(first=now - window, at=now)
-                    group.decay_to(now, tau)
-                    weight = spread * share
-                    group.requests += record.requests * weight
-                    group.prompt_tokens += record.prompt_tokens * weight
-                    group.completion_tokens += record.completion_tokens * weight
+            spread = -math.expm1(-window / tau) * tau / window
+            for key, share, record in counted:
+                group = sums.get(key)
+                if group is None:
+                    # The counts cover the window before now: date it from its start.
+                    group = sums[key] = _Smoothed(first=now - window, at=now)
+                group.decay_to(now, tau)
+                weight = spread * share
+                group.requests += record.requests * weight
+                group.prompt_tokens += record.prompt_tokens * weight
+                group.completion_tokens += record.completion_tokens * weight
 
     def observed(self) -> frozenset[tuple[str, str]]:
         """The (site, model) groups some usage was seen for, here or at a peer."""
@@ -189,17 +192,15 @@ class DemandEstimator:
     # --- replicas ------------------------------------------------------------------------------
 
     def snapshot(self, now: float | None = None) -> tuple[GroupEstimate, ...]:
-        """This replica's own estimate (not its peers'), for the others to add to theirs."""
+        """This replica's own estimate (not its peers'), for the others to add to theirs
+        (sizes 0 where no request was counted: the record holds finite numbers only)."""
         now = self._clock() if now is None else now
         out = []
         for key in sorted(self._groups):
-            group = self._groups[key]
-            rate = self._own_rate(key, now) or 0.0
-            per = group.requests
-            out.append(GroupEstimate(*key, rate_rps=rate,
-                                     prompt_tokens=group.prompt_tokens / per if per > 0 else 0.0,
-                                     output_tokens=group.completion_tokens / per if per > 0
-                                     else 0.0))
+            own = self._own(key, now)
+            if own is not None:
+                out.append(own if own.prompt_tokens == own.prompt_tokens
+                           else replace(own, prompt_tokens=0.0, output_tokens=0.0))
         return tuple(out)
 
     def set_peer(self, replica: str, estimates: Iterable[GroupEstimate]) -> None:
@@ -220,16 +221,26 @@ class DemandEstimator:
         last minute's (see the module docstring); summed over the classes seen when
         ``traffic_class`` is None — or None when nothing was observed."""
         now = self._clock() if now is None else now
-        found = None
-        for key in self._keys(site, model, traffic_class):
-            own = self._own_rate(key, now)
-            if own is not None:
-                found = (found or 0.0) + own
-            for estimates in self._peers.values():
-                peer = estimates.get(key)
-                if peer is not None:
-                    found = (found or 0.0) + peer.rate_rps
-        return found
+        found = [e for key in self._keys(site, model, traffic_class)
+                 for e in self._estimates(key, now)]
+        return sum(e.rate_rps for e in found) if found else None
+
+    def _own(self, key: Key, now: float) -> GroupEstimate | None:
+        """This replica's estimate of one group (sizes NaN when no request was counted)."""
+        rate = self._own_rate(key, now)
+        if rate is None:
+            return None
+        group = self._groups[key]
+        per = group.requests
+        return GroupEstimate(*key, rate_rps=rate,
+                             prompt_tokens=group.prompt_tokens / per if per > 0 else math.nan,
+                             output_tokens=group.completion_tokens / per if per > 0 else math.nan)
+
+    def _estimates(self, key: Key, now: float) -> list[GroupEstimate]:
+        """This replica's and its peers' estimates of one group."""
+        own = self._own(key, now)
+        return ([own] if own is not None else []) + [
+            estimates[key] for estimates in self._peers.values() if key in estimates]
 
     def _own_rate(self, key: Key, now: float) -> float | None:
         smoothed = self._rate(self._groups, self._tau, key, now)
@@ -257,19 +268,8 @@ class DemandEstimator:
     def _sizes(self, key: Key, now: float) -> tuple[float, float | None, float | None]:
         """(rate, mean prompt tokens, mean output tokens) of a group over this replica and its
         peers; the sizes are None when no request was counted anywhere."""
-        parts: list[tuple[float, float, float]] = []
-        group = self._groups.get(key)
-        if group is not None:
-            rate = self._own_rate(key, now) or 0.0
-            if group.requests > 0:
-                parts.append((rate, group.prompt_tokens / group.requests,
-                              group.completion_tokens / group.requests))
-            else:
-                parts.append((rate, math.nan, math.nan))
-        for estimates in self._peers.values():
-            peer = estimates.get(key)
-            if peer is not None:
-                parts.append((peer.rate_rps, peer.prompt_tokens, peer.output_tokens))
+        parts = [(e.rate_rps, e.prompt_tokens, e.output_tokens)
+                 for e in self._estimates(key, now)]
         total = sum(r for r, _, _ in parts)
         sized = [(r, p, o) for r, p, o in parts if not math.isnan(p)]
         if not sized:

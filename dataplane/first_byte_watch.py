@@ -83,8 +83,8 @@ def prefer_fast(candidates: Sequence[FactoryEndpoint], primaries: Collection[str
         return candidates, ""
     fast_primary: list[FactoryEndpoint] = []
     fast_other: list[FactoryEndpoint] = []
-    slow: list[FactoryEndpoint] = []
-    for c in candidates:
+    slow = [candidates[0]]
+    for c in candidates[1:]:
         if watch.waiting_s(c.id, now) > limit_s:
             slow.append(c)
         elif c.id in primaries:

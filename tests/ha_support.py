@@ -336,6 +336,17 @@ async def wait_for_leader(replicas: Sequence[ReplicaProcess], timeout: float = S
     return found
 
 
+async def start_pair(replicas: Sequence[ReplicaProcess]) -> tuple[ReplicaProcess,
+                                                                  ReplicaProcess]:
+    """Start two replicas, wait until both answer and one leads: (the leader, the other)."""
+    for replica in replicas:
+        replica.start()
+    for replica in replicas:
+        await replica.wait_ready()
+    leader = await wait_for_leader(replicas)
+    return leader, next(r for r in replicas if r is not leader)
+
+
 def routed(sidecar: Sidecar) -> set[str]:
     policy = sidecar.policy
     if policy is None:

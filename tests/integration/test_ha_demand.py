@@ -11,7 +11,7 @@ import aiohttp
 import grpc
 import pytest
 from backing_services import start_etcd
-from ha_support import MODEL, SITE, ReplicaProcess, agents, simulators, wait_for_leader
+from ha_support import MODEL, SITE, ReplicaProcess, agents, simulators, start_pair
 from support import async_wait_until
 
 from tdn.v1 import usage_pb2, usage_pb2_grpc
@@ -53,12 +53,7 @@ async def test_the_leader_plans_for_usage_a_follower_received_until_the_follower
     url = f"etcd://{etcd.endpoint}"
     replicas = [ReplicaProcess(tmp_path, name, url) for name in ("cp-a", "cp-b")]
     try:
-        for replica in replicas:
-            replica.start()
-        for replica in replicas:
-            await replica.wait_ready()
-        leader = await wait_for_leader(replicas)
-        follower = next(r for r in replicas if r is not leader)
+        leader, follower = await start_pair(replicas)
         async with simulators() as sims, agents(sims, [leader.grpc_target]):
             async def plan_for(predicate_rps: float, above: bool) -> bool:
                 rps = await planned_rps(leader.http_url)

@@ -16,6 +16,7 @@ from ha_support import (
     sidecar,
     simulators,
     start_cluster,
+    start_pair,
     status,
     traffic,
     wait_for,
@@ -40,12 +41,7 @@ async def test_killing_the_leader_elects_another_within_the_lease_ttl_and_no_req
     replicas = [ReplicaProcess(tmp_path, name, cluster.url, lease_ttl=LEASE_TTL)
                 for name in ("cp-a", "cp-b")]
     try:
-        for replica in replicas:
-            replica.start()
-        for replica in replicas:
-            await replica.wait_ready()
-        leader = await wait_for_leader(replicas)
-        survivor = next(r for r in replicas if r is not leader)
+        leader, survivor = await start_pair(replicas)
         # The leader first in every list, so that killing it makes everyone move.
         addresses = [leader.grpc_target, survivor.grpc_target]
 

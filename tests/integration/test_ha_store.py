@@ -23,6 +23,7 @@ from ha_support import (
     sidecar,
     simulators,
     start_cluster,
+    start_pair,
     status,
     traffic,
     try_status,
@@ -51,12 +52,7 @@ async def test_killing_an_etcd_member_interrupts_nothing(tmp_path: Path) -> None
     replicas = [ReplicaProcess(tmp_path, name, cluster.url, lease_ttl=5)
                 for name in ("cp-a", "cp-b")]
     try:
-        for replica in replicas:
-            replica.start()
-        for replica in replicas:
-            await replica.wait_ready()
-        leader = await wait_for_leader(replicas)
-        follower = next(r for r in replicas if r is not leader)
+        leader, follower = await start_pair(replicas)
         # Agents and sidecar on the follower: the leader hears the factories only through the
         # store, and the sidecar is served only what the follower reads back from it.
         addresses = [follower.grpc_target, leader.grpc_target]
