@@ -11,6 +11,13 @@ Where a deadline comes from, first match wins:
    the cap is where waiting stops being better than a backup. A factory with no TTFT
    observation gets the cap: the sidecar does not know how slow it normally is.
 
+A derived deadline exists to move a request to a better candidate, so the **last candidate** a
+request has (the only factory residency allows it, or the last backup after the others failed)
+gets the cap instead (:func:`last_resort_deadline`): abandoning it early buys no failover, only
+an error for a request that was merely queued (in the routing benchmark, a burst at an office's
+on-site factory turned 54 requests into errors that way). A deadline the operator set (route or
+site) is kept as set, and a client's header still lowers it.
+
 A client may lower its own deadline with ``x-tdn-first-byte-timeout-ms`` (never raise it above the
 policy's). For a stream, "first byte" means the first event that carries output (see
 :func:`tdn.dataplane.sse.is_substantive`), since engines send an empty role chunk before prefill.
@@ -84,6 +91,15 @@ def first_byte_deadline(route: Route, settings: EffectiveSettings,
     if settings.first_byte_timeout_s > 0:
         return settings.first_byte_timeout_s
     return derived_from_ttft(factory.ttft_p99_s)
+
+
+def last_resort_deadline(route: Route, settings: EffectiveSettings,
+                         factory: FactoryEndpoint) -> float:
+    """The policy's first-byte deadline at ``factory`` when no candidate is left after it:
+    the operator's when set, else the derived deadline's cap (see the module's docstring)."""
+    if route.first_byte_timeout_s > 0 or settings.first_byte_timeout_s > 0:
+        return first_byte_deadline(route, settings, factory)
+    return MAX_DERIVED_S
 
 
 def client_limit_s(headers: Mapping[str, str]) -> float | None:

@@ -183,10 +183,11 @@ class Exchange:
                           choices=self.parsed.choices,
                           track_text=self.entry.continuation_possible and self.parsed.stream)
 
-    def _deadline(self, factory: FactoryEndpoint) -> float:
-        policy = self.entry.deadlines.get(factory.id)
+    def _deadline(self, factory: FactoryEndpoint, last: bool) -> float:
+        deadlines = self.entry.last_resort if last else self.entry.deadlines
+        policy = deadlines.get(factory.id)
         if policy is None:  # a continuation candidate of the same route always has one
-            policy = min(self.entry.deadlines.values(), default=30.0)
+            policy = min(deadlines.values(), default=30.0)
         return attempt_deadline(policy, self.allowance, self.client_limit)
 
     def _send(self, factory: FactoryEndpoint, body: bytes,

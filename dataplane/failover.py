@@ -265,7 +265,7 @@ def _detached_send(endpoint: FactoryEndpoint, body: bytes,
     raise RuntimeError("the request this attempt loop served has ended")
 
 
-def _detached_deadline(endpoint: FactoryEndpoint) -> float:
+def _detached_deadline(endpoint: FactoryEndpoint, last: bool) -> float:
     raise RuntimeError("the request this attempt loop served has ended")
 
 
@@ -277,7 +277,7 @@ class AttemptLoop:
     """The attempts of one client request (the first answer, a fallback, continuations)."""
 
     def __init__(self, *, send: Send, health: FactoryHealth, ticket: RetryTicket,
-                 deadline_for: Callable[[FactoryEndpoint], float],
+                 deadline_for: Callable[[FactoryEndpoint, bool], float],
                  new_scan: Callable[[], StreamScan], clock: OverheadClock,
                  on_failure: OnFailure | None = None,
                  buffer_limit: int = 32 * 1024 * 1024, watch_first_byte: bool = False) -> None:
@@ -338,7 +338,8 @@ class AttemptLoop:
             if charged and not self.ticket.acquire():
                 raise AllAttemptsFailed(self.failures, budget_exhausted=True)
             try:
-                result = await self._attempt(endpoint, body, client_errors_final)
+                result = await self._attempt(endpoint, body, client_errors_final,
+                                             not remaining)
             except CandidateUnusable as exc:
                 self._fail(endpoint, exc.reason, exc.detail, kind=None)
                 continue
@@ -363,8 +364,10 @@ class AttemptLoop:
         return min(waits) if waits else 0.0
 
     async def _attempt(self, endpoint: FactoryEndpoint, body: bytes,
-                       client_errors_final: bool) -> Committed | ClientError:
-        deadline = self.deadline_for(endpoint)
+                       client_errors_final: bool, last: bool) -> Committed | ClientError:
+        # ``last``: no candidate is left after this one, so a derived first-byte deadline
+        # would buy no failover (deadlines.last_resort_deadline).
+        deadline = self.deadline_for(endpoint, last)
         response: UpstreamResponse | None = None
         clock = self.clock
         started = perf_counter()

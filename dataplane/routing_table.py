@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from tdn.domain import FactoryEndpoint, SitePolicy
 
 from .balancer import RoutePlan
-from .deadlines import first_byte_deadline, stream_idle_timeout
+from .deadlines import first_byte_deadline, last_resort_deadline, stream_idle_timeout
 from .effective_settings import EffectiveSettings, resolve
 
 
@@ -26,6 +26,8 @@ class RouteEntry:
     plan: RoutePlan
     # Policy first-byte deadline (seconds) per factory id of this route.
     deadlines: dict[str, float]
+    # The same for an attempt with no candidate left after it (deadlines.last_resort_deadline).
+    last_resort: dict[str, float]
     # Continuation is on and at least one factory of the route declares prefill support.
     continuation_possible: bool
 
@@ -57,6 +59,8 @@ class RoutingTable:
                 plan=plan,
                 deadlines={e.id: first_byte_deadline(route, self.settings, e)
                            for e in plan.endpoints},
+                last_resort={e.id: last_resort_deadline(route, self.settings, e)
+                             for e in plan.endpoints},
                 continuation_possible=(self.settings.continuation_enabled
                                        and any(e.supports_prefill for e in plan.endpoints)),
             )

@@ -135,3 +135,36 @@ async def test_client_header_lowers_the_deadline_but_cannot_raise_it() -> None:
     assert status == 400
     assert bad["error"]["code"] == "invalid_header"
     assert requests_seen(sims["slow"]) == 2
+
+
+async def test_last_candidate_is_not_abandoned_at_a_derived_deadline() -> None:
+    # 3 x 0.2 s p99 = 0.6 s derived deadline, first token after 1.5 s; nothing to fail over to,
+    # so the sidecar waits (up to the 30 s cap) instead of turning a slow answer into an error.
+    async with simulators("only") as sims:
+        sims["only"].set_fault(Fault(FaultMode.STALL_FIRST_TOKEN, seconds=1.5))
+        policy = make_policy("v1", {"only": sims["only"].url}, [("only", 1.0)],
+                             ttft_p99_s={"only": 0.2})
+        async with running_sidecar(policy) as sc:
+            answer = await read_stream(f"{sc.proxy_url}/chat/completions",
+                                       {**CHAT_BODY, "stream": True})
+            metrics = sc.metrics.exposition().decode()
+    assert (answer.status, answer.headers["x-tdn-factory"],
+            answer.headers["x-tdn-attempts"]) == (200, "only", "1")
+    assert answer.done and answer.text and answer.error is None
+    assert 'reason="first_byte_timeout"' not in metrics
+
+
+async def test_operator_deadline_still_bounds_the_last_candidate() -> None:
+    async with simulators("only") as sims:
+        sims["only"].set_fault(Fault(FaultMode.STALL_FIRST_TOKEN, seconds=FAULT_S))
+        policy = make_policy("v1", {"only": sims["only"].url}, [("only", 1.0)],
+                             first_byte_timeout_s=DEADLINE_S)
+        async with running_sidecar(policy) as sc:
+            started = time.monotonic()
+            answer = await read_stream(f"{sc.proxy_url}/chat/completions",
+                                       {**CHAT_BODY, "stream": True})
+            elapsed = time.monotonic() - started
+            metrics = sc.metrics.exposition().decode()
+    assert answer.status >= 500
+    assert elapsed < BOUND_S < FAULT_S
+    assert 'factory="only",model="llama-3.1-8b-instruct",reason="first_byte_timeout"' in metrics
