@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 import tdn.topology.solver as solver_module
@@ -434,3 +435,46 @@ def test_a_factory_some_traffic_may_use_alone_is_kept_for_it_and_a_backup_for_th
     # Off (the solver's own default), the cheap on-site factory takes the chat too.
     assert "onsite-fra" in split({r.traffic_class: r for r in solve(
         factories, [FRA], demands, options=CAPACITY_ONLY).routes_for_site("fra")}["default"])
+
+
+def test_unserved_share_is_spread_by_room_not_piled_on_the_planned_primaries() -> None:
+    from tdn.topology.problem import Solution, build_problem
+    from tdn.topology.routes import spread_unserved
+
+    factories = [factory("a", 0.1, max_concurrency=10), factory("b", 0.2, max_concurrency=40),
+                 factory("c", 0.3, max_concurrency=40)]
+    problem = build_problem(factories, [FRA], [demand(8.0)], None, SolveOptions())
+    pairs = list(problem.pairs(0))
+    by_id = {problem.factories.id(int(problem.factory[j])): j for j in pairs}
+    conc = {fid: float(problem.concurrency[j]) for fid, j in by_id.items()}
+    whole = {fid: float(problem.factories.capacity[problem.factory[j]]) / 0.8
+             for fid, j in by_id.items()}
+
+    def solution(shares: dict[str, float], unserved: float) -> Solution:
+        x = np.zeros(len(problem.group))
+        for fid, share in shares.items():
+            x[by_id[fid]] = share
+        return Solution(x, np.array([unserved]), 0.0, "optimal")
+
+    # Served in full: routes are the solver's shares, untouched.
+    served = solution({"a": 0.25, "b": 0.75}, 0.0)
+    assert np.array_equal(spread_unserved(problem, served), served.x)
+    # "a" full to its whole capacity: the unserved 30% goes to "b" and "c" by their room.
+    full_a = whole["a"] / conc["a"]
+    planned = {"a": full_a, "b": 0.7 - full_a}
+    spread = spread_unserved(problem, solution(planned, 0.3))
+    added = {fid: float(spread[j]) - planned.get(fid, 0.0) for fid, j in by_id.items()}
+    assert added["a"] == pytest.approx(0.0, abs=1e-12)
+    room = {fid: (whole[fid] - planned.get(fid, 0.0) * conc[fid]) / conc[fid]
+            for fid in ("b", "c")}
+    assert sum(added.values()) == pytest.approx(0.3)
+    assert added["c"] / added["b"] == pytest.approx(room["c"] / room["b"])
+    # Five times the traffic, 95% of it unserved: more than all the room. Every factory is
+    # filled past its whole capacity, the rest by size, and the whole group is placed.
+    big = build_problem(factories, [FRA], [demand(40.0)], None, SolveOptions())
+    x = np.zeros(len(big.group))
+    x[next(j for j in big.pairs(0) if big.factories.id(int(big.factory[j])) == "a")] = 0.05
+    short = spread_unserved(big, Solution(x, np.array([0.95]), 0.0, "optimal"))
+    assert float(short.sum()) == pytest.approx(1.0)
+    loads = np.bincount(big.factory, weights=short * big.concurrency)
+    assert np.all(loads > big.factories.capacity / 0.8)
