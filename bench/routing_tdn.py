@@ -25,8 +25,10 @@ Each attempt has the sidecar's first-byte deadline (``dataplane/deadlines.py``: 
 factory's TTFT p99 in the policy, within [0.5 s, 30 s]; 30 s when unknown): a request with no
 first token by then is abandoned there and moves on, and the factory is suspected for one probe
 interval (5 s; five misses in a row eject it; at most half the factories out), as
-``dataplane/outlier.py`` does. With no candidate left the request fails, as the sidecar's
-would. The per-request routers wait as long as it takes instead (they read the live queues).
+``dataplane/outlier.py`` does. The last candidate a request has waits up to the cap (30 s)
+instead, as the sidecar's last attempt does: abandoning it would buy no failover. With no
+candidate left the request fails, as the sidecar's would. The per-request routers wait as
+long as it takes instead (they read the live queues).
 The control plane sees a dead factory only after the telemetry TTL (15 s); in the
 single-factory drill it does not solve at all while the factory is down: the precomputed
 backups must carry it.
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 from bench.routing_sim import Req, Simulation, percentile
 from bench.routing_topology import MODEL, GroupModel, Topology
 from tdn.dataplane.balancer import Balancer
-from tdn.dataplane.deadlines import derived_from_ttft
+from tdn.dataplane.deadlines import MAX_DERIVED_S, derived_from_ttft
 from tdn.dataplane.first_byte_watch import DEFAULT_SLOW_FIRST_BYTE_S, FirstByteWatch, prefer_fast
 from tdn.domain import FactoryEndpoint, FactoryState, Plan, SitePolicy
 from tdn.policy import DEFAULT_POLICY
@@ -96,11 +98,13 @@ class SidecarModel:
         until = self.ejected.get(fid)
         return (until is None or until[0] <= now) and self.suspects.get(fid, 0.0) <= now
 
-    def deadline(self, fid: str) -> float:
-        """The first-byte deadline for an attempt at ``fid``: the route's, else derived from
-        the factory's TTFT p99 in the policy (``dataplane/deadlines.py``)."""
-        if self.policy is None:
-            return derived_from_ttft(0.0)
+    def deadline(self, req: Req, fid: str) -> float:
+        """The first-byte deadline for ``req``'s attempt at ``fid``: derived from the
+        factory's TTFT p99 in the policy, or the cap when no candidate is left after it
+        (``dataplane/deadlines.py``, ``last_resort_deadline``)."""
+        state = self.pending.get(req.id)
+        if self.policy is None or (state is not None and not state[0]):
+            return MAX_DERIVED_S
         endpoint = self.policy.endpoint(fid)
         return derived_from_ttft(endpoint.ttft_p99_s if endpoint is not None else 0.0)
 
@@ -287,7 +291,7 @@ class TdnRouter:
         return self.sidecars[req.site].choose(req, now)
 
     def deadline(self, req: Req, factory_id: str) -> float:
-        return self.sidecars[req.site].deadline(factory_id)
+        return self.sidecars[req.site].deadline(req, factory_id)
 
     def on_first_token(self, req: Req, factory_id: str, now: float) -> None:
         self.sidecars[req.site].attempt_over(req)

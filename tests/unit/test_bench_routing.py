@@ -12,7 +12,13 @@ from bench.routing import GREEN_NAME, GREEN_POLICY, Outcome, goals
 from bench.routing_routers import Baseline, LiteLlm, baselines
 from bench.routing_sim import Failure, Req, Simulation, Summary, percentile, summarise
 from bench.routing_tdn import SidecarModel, TdnRouter
-from bench.routing_topology import SITES, Topology, build_topology
+from bench.routing_topology import (
+    SITES,
+    Topology,
+    build_topology,
+    fifo_slo_attainment,
+    provision_sole_factories,
+)
 from bench.routing_trace import DataMissing, GridMonth, diurnal, load_trace, shared_data_dir
 from tdn.domain import FactoryEndpoint, Route, SitePolicy, Tier, WeightedFactory
 from tdn.policy import DEFAULT_POLICY
@@ -353,3 +359,24 @@ def test_goals_judge_carbon_per_policy_and_only_at_equal_or_better_slo() -> None
     outcomes[GREEN_NAME] = outcome(0.96, 0.663, 10.0)
     green_line = next(line for line in goals(outcomes) if "green policy" in line)
     assert "**missed**" in green_line
+
+
+def test_a_sole_factory_is_provisioned_for_its_traffic_bursts() -> None:
+    topo = topology()
+    office = topo.by_id["onsite-de-office"]
+    # 40 code requests at once, 2,000-token prompts (0.27 s of prefill each): the office's code
+    # may only use its on-site factory, so it needs a slot for nearly every one of them.
+    burst = [(10.0, "de-office", "code", 2000, 100)] * 40
+    burst += [(10.0, "de-berlin", "code", 2000, 100)] * 40  # has a choice: sizes nothing
+    sized = provision_sole_factories(topo, burst, target=0.99)
+    slots = sized.by_id["onsite-de-office"].slots
+    mine = [(t, p, o) for t, site, _, p, o in burst if site == "de-office"]
+    rtt = topo.rtt_s("de-office", office.id)
+    assert fifo_slo_attainment(office, rtt, 1.0, slots, mine) >= 0.99
+    assert fifo_slo_attainment(office, rtt, 1.0, slots - 1, mine) < 0.99
+    assert slots > office.slots
+    unchanged = [f for f in sized.factories if f.id != office.id]
+    assert unchanged == [f for f in topo.factories if f.id != office.id]
+    # Already big enough: left as it is.
+    assert provision_sole_factories(topo, burst[:2], target=0.99).by_id[office.id].slots == \
+        office.slots
