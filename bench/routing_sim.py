@@ -123,6 +123,10 @@ class Simulation:
         # A router that watches first tokens (TDN's sidecar does) is told when each arrives.
         self._on_first_token: Callable[[Req, str, float], None] | None = getattr(
             router, "on_first_token", None)
+        # A router that reads factories' load reports (TDN's sidecar does: ORCA headers on each
+        # answer) is told, as each request reaches its factory, how many were waiting there.
+        self._on_load_report: Callable[[Req, str, float, int], None] | None = getattr(
+            router, "on_load_report", None)
         self.now = 0.0
         self._heap: list[tuple[float, int, int, object, object]] = []
         self._seq = 0
@@ -250,6 +254,13 @@ class Simulation:
                        (fid, req.attempts))
             return
         req.reached = now
+        report = self._on_load_report
+        if report is not None:
+            # The answer's head leaves at once with the queue as it was (vLLM sends a stream's
+            # headers before admitting it) and reaches the sidecar half a round trip later.
+            waiting = len(f.queue)
+            self._push(now + self.topology.rtt_s(req.site, fid) / 2, _CALL,
+                       lambda when: report(req, fid, when, waiting))
         if f.running < f.slots:
             self._start(req, f, now)
         else:

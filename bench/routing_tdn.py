@@ -46,6 +46,7 @@ from bench.routing_topology import MODEL, GroupModel, Topology
 from tdn.dataplane.balancer import Balancer
 from tdn.dataplane.deadlines import MAX_DERIVED_S, derived_from_ttft
 from tdn.dataplane.first_byte_watch import DEFAULT_SLOW_FIRST_BYTE_S, FirstByteWatch, prefer_fast
+from tdn.dataplane.load_reports import LoadReports
 from tdn.domain import FactoryEndpoint, FactoryState, Plan, SitePolicy
 from tdn.policy import DEFAULT_POLICY
 from tdn.topology.compile import compile_site_policies
@@ -86,6 +87,7 @@ class SidecarModel:
     # Its streams awaiting a first token (dataplane/first_byte_watch.py), and each request's
     # current attempt there.
     watch: FirstByteWatch = field(default_factory=FirstByteWatch)
+    loads: LoadReports = field(default_factory=LoadReports)
     waiting: dict[int, tuple[str, int]] = field(default_factory=dict)
     slow_first_byte_s: float = DEFAULT_SLOW_FIRST_BYTE_S
 
@@ -139,7 +141,7 @@ class SidecarModel:
             # As health.select for a stream: a first candidate slow to start streams right now
             # is passed over for the route's other primaries, then its backups.
             ordered, _ = prefer_fast(live or order, plan.primary_ids, self.watch, now,
-                                     self.slow_first_byte_s)
+                                     self.slow_first_byte_s, loads=self.loads)
             state = self.pending[req.id] = (list(ordered), set())
         remaining, failed_domains = state
         if req.tried:
@@ -292,6 +294,9 @@ class TdnRouter:
 
     def deadline(self, req: Req, factory_id: str) -> float:
         return self.sidecars[req.site].deadline(req, factory_id)
+
+    def on_load_report(self, req: Req, factory_id: str, now: float, waiting: int) -> None:
+        self.sidecars[req.site].loads.record(factory_id, float(waiting), now)
 
     def on_first_token(self, req: Req, factory_id: str, now: float) -> None:
         self.sidecars[req.site].attempt_over(req)

@@ -231,9 +231,10 @@ class Exchange:
         entry = self.entry
         tried_models = {entry.model}
         while True:
-            # A stream's first candidate may be passed over if it is slow to start streams now.
+            # The first candidate may be passed over if it is slow to start streams now or
+            # busy by its own load report.
             candidates, panic, wait = self.shared.health.select(
-                entry.plan.order(), entry.plan.primary_ids if self.parsed.stream else None)
+                entry.plan.order(), entry.plan.primary_ids)
             if panic:
                 self.shared.metrics.panicked(entry.model)
             if not candidates:

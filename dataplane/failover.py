@@ -379,6 +379,8 @@ class AttemptLoop:
                 # every read (the client enforces it: see UpstreamPool.request).
                 self.sent += 1
                 response = await self.send(endpoint, body, deadline)
+                if response.load_report is not None:
+                    self.health.load_reported(endpoint, response.load_report)
                 status = response.status
                 if status >= 500 or status == 429 or status in _FACTORY_STATUSES:
                     retry_after = None

@@ -13,7 +13,9 @@ attempt is cut: once the waiting stream gets its first byte (or gives up), the f
 in its place for the next request. When every candidate is slow, the plan's order stands.
 
 Only streams are watched. A non-streamed answer's first byte is the whole answer, so its wait
-says how long the generation was, not whether the factory is queueing.
+says how long the generation was, not whether the factory is queueing. Every request, streamed
+or not, is ordered by what the watch and the factories' own load reports (:mod:`load_reports`)
+say: a factory queueing streams queues plain requests too.
 
 In the routing benchmark (``python -m bench routing``) this raised TDN's SLO attainment through
 the loss of its busiest center, on the traffic that had a choice of factory, from 98.1% to
@@ -27,6 +29,7 @@ from collections.abc import Collection, Sequence
 from tdn.domain import FactoryEndpoint
 
 from .effective_settings import DEFAULT_SLOW_FIRST_BYTE_S
+from .load_reports import LoadReports
 
 __all__ = ["DEFAULT_SLOW_FIRST_BYTE_S", "FirstByteWatch", "prefer_fast"]
 
@@ -75,17 +78,22 @@ class FirstByteWatch:
 
 
 def prefer_fast(candidates: Sequence[FactoryEndpoint], primaries: Collection[str],
-                watch: FirstByteWatch, now: float, limit_s: float,
+                watch: FirstByteWatch, now: float, limit_s: float, *,
+                loads: LoadReports | None = None,
                 ) -> tuple[Sequence[FactoryEndpoint], str]:
-    """``candidates`` reordered when the first is slow (see the module docstring), and the id of
-    the factory passed over ("" when the order stands)."""
-    if not candidates or watch.waiting_s(candidates[0].id, now) <= limit_s:
+    """``candidates`` reordered when the first is slow (see the module docstring) or, with
+    ``loads``, busy by its own latest load report (:mod:`load_reports`), and the id of the
+    factory passed over ("" when the order stands)."""
+    if not candidates:
+        return candidates, ""
+    first = candidates[0].id
+    if watch.waiting_s(first, now) <= limit_s and (loads is None or not loads.busy(first, now)):
         return candidates, ""
     fast_primary: list[FactoryEndpoint] = []
     fast_other: list[FactoryEndpoint] = []
     slow = [candidates[0]]
     for c in candidates[1:]:
-        if watch.waiting_s(c.id, now) > limit_s:
+        if watch.waiting_s(c.id, now) > limit_s or (loads is not None and loads.busy(c.id, now)):
             slow.append(c)
         elif c.id in primaries:
             fast_primary.append(c)

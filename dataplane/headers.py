@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .load_reports import FORMAT_REQUEST_LINE
+
 REQUEST_ID = "x-request-id"
 TRAFFIC_CLASS = "x-tdn-class"
 FACTORY = "x-tdn-factory"
@@ -35,13 +37,13 @@ HOP_BY_HOP = frozenset({
 # steering headers, and what the sidecar's client computes itself for the bytes it sends.
 _NOT_FORWARDED_UP = frozenset(n.encode() for n in HOP_BY_HOP | {
     "authorization", "cookie", "host", "content-length", "accept-encoding", "expect",
-    REQUEST_ID, "api-key",
+    REQUEST_ID, "api-key", "endpoint-load-metrics-format",
 })
 
 # Upstream headers the client must not see: framing is redone by the sidecar, cookies and the
 # server banner belong to a factory the next request may not go to.
 _NOT_RELAYED_DOWN = frozenset(n.encode() for n in HOP_BY_HOP | {
-    "content-length", "server", "set-cookie", "date", REQUEST_ID,
+    "content-length", "server", "set-cookie", "date", REQUEST_ID, "endpoint-load-metrics",
 })
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -101,8 +103,10 @@ class ClientHeaders:
     api_key: str | None
 
     def upstream(self) -> bytes:
-        """Header lines for the factory: the forwarded ones and the request id."""
-        return self.forward + b"x-request-id: " + self.request_id.encode() + b"\r\n"
+        """Header lines for the factory: the forwarded ones, the request id, and the ask for
+        the factory's load report (:mod:`load_reports`)."""
+        return (self.forward + b"x-request-id: " + self.request_id.encode() + b"\r\n"
+                + FORMAT_REQUEST_LINE)
 
 
 _READ = {

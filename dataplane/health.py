@@ -17,6 +17,7 @@ from tdn.domain import FactoryEndpoint
 from .cooldowns import Cooldowns
 from .effective_settings import DEFAULT_SLOW_FIRST_BYTE_S
 from .first_byte_watch import FirstByteWatch, prefer_fast
+from .load_reports import LoadReports
 from .metrics import SidecarMetrics
 from .outlier import SUSPECTED, Kind, OutlierDetector
 from .routing_table import RoutingTable
@@ -32,6 +33,7 @@ class FactoryHealth:
         self.outlier = OutlierDetector(listener=self._ejection_changed)
         self.cooldowns = Cooldowns(rng)
         self.first_bytes = FirstByteWatch()
+        self.loads = LoadReports()
         self.slow_first_byte_s = DEFAULT_SLOW_FIRST_BYTE_S
         self._tiers: dict[str, str] = {}
 
@@ -44,6 +46,7 @@ class FactoryHealth:
         self.outlier.configure(table.settings.outlier, table.endpoints, table.route_groups())
         self.cooldowns.forget_except(table.endpoints)
         self.first_bytes.forget_except(table.endpoints)
+        self.loads.forget_except(table.endpoints)
         self.slow_first_byte_s = table.settings.slow_first_byte_s
 
     def _ejection_changed(self, factory_id: str, reason: str, ejected: bool) -> None:
@@ -53,18 +56,27 @@ class FactoryHealth:
                primaries: Collection[str] | None = None,
                ) -> tuple[Sequence[FactoryEndpoint], bool, float]:
         """(candidates to try, route in panic, seconds until a cooled-down factory returns when
-        cooldowns left none). With the route's ``primaries`` (a stream's candidates), a first
-        candidate slow to start this sidecar's streams right now goes behind the others
-        (:mod:`first_byte_watch`)."""
+        cooldowns left none). With the route's ``primaries``, a first candidate slow to start
+        this sidecar's streams right now, or busy by its own latest load report, goes behind
+        the others (:mod:`first_byte_watch`, :mod:`load_reports`)."""
         now = self.clock()
         usable, panic = self.outlier.select(candidates, now)
         usable, wait = self.cooldowns.select(usable, now)
         if primaries is not None and usable:
             usable, passed = prefer_fast(usable, primaries, self.first_bytes, now,
-                                         self.slow_first_byte_s)
+                                         self.slow_first_byte_s, loads=self.loads)
             if passed:
-                self.metrics.passed_over_slow(passed, self._tiers.get(passed, ""))
+                tier = self._tiers.get(passed, "")
+                if self.loads.busy(passed, now):
+                    self.metrics.passed_over_busy(passed, tier)
+                else:
+                    self.metrics.passed_over_slow(passed, tier)
         return usable, panic, wait
+
+    def load_reported(self, endpoint: FactoryEndpoint, header_value: bytes) -> None:
+        """A factory's answer carried its load report (:mod:`load_reports`)."""
+        if not self.loads.observe(endpoint.id, header_value, self.clock()):
+            self.metrics.load_report_rejected(endpoint.id, endpoint.tier.value)
 
     def succeeded(self, endpoint: FactoryEndpoint, *, panic: bool = False) -> None:
         """A successful attempt; ``panic``: routed while the route ignored ejections."""

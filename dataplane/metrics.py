@@ -104,6 +104,14 @@ class SidecarMetrics:
             "tdn_sidecar_slow_first_byte_passed_over", "New streams sent past a factory where "
             "one of this sidecar's streams was still waiting for its first byte longer than "
             "slow_first_byte_seconds.", ["site", "factory", "tier"], registry=r)
+        self.busy = Counter(
+            "tdn_sidecar_busy_passed_over", "New requests sent past a factory whose own latest "
+            "load report (ORCA endpoint-load-metrics, at most 1 s old) had requests waiting.",
+            ["site", "factory", "tier"], registry=r)
+        self.load_reports_rejected = Counter(
+            "tdn_sidecar_load_reports_rejected", "Factory load reports (ORCA "
+            "endpoint-load-metrics) that could not be read, so were ignored.",
+            ["site", "factory", "tier"], registry=r)
         self.panic = Counter(
             "tdn_sidecar_panic", "Requests routed in panic: too few healthy factories, so "
             "ejections were ignored.", ["site", "model"], registry=r)
@@ -195,6 +203,12 @@ class SidecarMetrics:
 
     def passed_over_slow(self, factory: str, tier: str) -> None:
         self._child(self.slow_first_byte, factory, tier).inc()
+
+    def passed_over_busy(self, factory: str, tier: str) -> None:
+        self._child(self.busy, factory, tier).inc()
+
+    def load_report_rejected(self, factory: str, tier: str) -> None:
+        self._child(self.load_reports_rejected, factory, tier).inc()
 
     def panicked(self, model: str) -> None:
         self._child(self.panic, model).inc()

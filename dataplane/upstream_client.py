@@ -121,7 +121,7 @@ class UpstreamResponse:
 
     __slots__ = ("_chunks", "_conn", "_done", "_exc", "_headers", "_paused", "_size",
                  "_waiter", "content_length", "content_type", "deadline_at", "delimited",
-                 "keep_alive", "raw_headers", "read_timeout", "reason", "status")
+                 "keep_alive", "load_report", "raw_headers", "read_timeout", "reason", "status")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -134,6 +134,8 @@ class UpstreamResponse:
         # The body's end is marked (a length or chunked framing), not the connection's close.
         self.delimited = False
         self.keep_alive = False
+        # The factory's ORCA load report (endpoint-load-metrics), when it sent one.
+        self.load_report: bytes | None = None
         # Seconds a read may wait for bytes (None: no limit).
         self.read_timeout: float | None = None
         # The request's deadline (event-loop time), until the caller clears it: reads raise
@@ -363,6 +365,8 @@ class _Connection(asyncio.Protocol):
                     response.content_length = int(value)
             elif size == 17 and name.lower() == b"transfer-encoding":
                 response.delimited = True
+            elif size == 21 and name.lower() == b"endpoint-load-metrics":
+                response.load_report = value
         if content_type is not None:
             response.content_type = content_type.decode("latin-1")
         response.keep_alive = self.parser.should_keep_alive()

@@ -47,6 +47,9 @@ STREAM_TICK_S = 0.004
 BUFFERED_TICK_S = 0.05
 
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+# ORCA load reports, as vLLM sends them (vllm/entrypoints/openai/orca_metrics.py).
+LOAD_REPORT_FORMAT_HEADER = "endpoint-load-metrics-format"
+LOAD_REPORT_HEADER = "endpoint-load-metrics"
 
 
 @dataclass(slots=True)
@@ -90,6 +93,22 @@ class Simulator:
     def _load(self) -> tuple[int, int, float]:
         admission = self.gate.admission
         return admission.running, admission.waiting, admission.kv_usage
+
+    def load_report(self, report_format: str) -> dict[str, str]:
+        """vLLM's ORCA load report header (``endpoint-load-metrics``) in the format the request
+        asked for with ``endpoint-load-metrics-format`` (text or json; none when not asked):
+        KV-cache usage and requests waiting, as its Prometheus gauges read now."""
+        kind = report_format.strip().lower()
+        if kind not in ("text", "json"):
+            return {}
+        admission = self.gate.admission
+        metrics = (("kv_cache_usage_perc", float(admission.kv_usage)),
+                   ("num_requests_waiting", float(admission.waiting)))
+        if kind == "text":
+            value = "TEXT " + ", ".join(f"named_metrics.{k}={v}" for k, v in metrics)
+        else:
+            value = "JSON " + json.dumps({"named_metrics": dict(metrics)})
+        return {LOAD_REPORT_HEADER: value}
 
     def stats_json(self) -> dict[str, object]:
         admission = self.gate.admission
@@ -192,14 +211,20 @@ class Simulator:
         renderer = ChunkRenderer(req.kind, f"{prefix}-{uuid.uuid4().hex}", int(time.time()),
                                  req.model, self.fingerprint)
         resp: web.StreamResponse | None = None
+        report_format = request.headers.get(LOAD_REPORT_FORMAT_HEADER, "")
         if req.stream:
-            resp = web.StreamResponse(headers=SSE_HEADERS)
+            # As vLLM: a stream's headers (and its load report) go out before it is admitted.
+            resp = web.StreamResponse(headers={**SSE_HEADERS,
+                                               **self.load_report(report_format)})
             await resp.prepare(request)
         run = _Run(self, request=request, req=req, fault=fault, output=output,
                    renderer=renderer, resp=resp, arrival=arrival)
         async with self.gate.slot(req.prompt_tokens) as slot:
             try:
-                return await run.execute(slot)
+                answer = await run.execute(slot)
+                if resp is None:
+                    answer.headers.update(self.load_report(report_format))
+                return answer
             except asyncio.CancelledError:
                 # The client left (aiohttp cancels its handler) or the server is stopping.
                 self.record_abort(req, run.emitted)

@@ -23,6 +23,7 @@ def test_request_headers_are_read_once_and_sidecar_only_headers_never_forwarded(
         (b"X-TDN-First-Byte-Timeout-Ms", b"250"), (b"Connection", b"keep-alive, x-hop"),
         (b"x-hop", b"1"), (b"Cookie", b"a=b"), (b"Content-Length", b"2"),
         (b"OpenAI-Organization", b"org-1"), (b"Accept-Encoding", b"gzip"),
+        (b"Endpoint-Load-Metrics-Format", b"json"),
     ])
     assert scanned.request_id == "req-1"
     assert scanned.traffic_class == "batch"
@@ -31,7 +32,9 @@ def test_request_headers_are_read_once_and_sidecar_only_headers_never_forwarded(
     lines = scanned.upstream().decode().split("\r\n")
     assert sorted(line for line in lines if line) == sorted([
         "OpenAI-Organization: org-1", "Content-Type: application/json",
-        "Accept-Encoding: identity", "x-request-id: req-1"])
+        "Accept-Encoding: identity", "x-request-id: req-1",
+        # The sidecar's own ask for the factory's load report, never the client's.
+        "endpoint-load-metrics-format: text"])
 
 
 def test_an_insane_request_id_or_class_is_replaced() -> None:
