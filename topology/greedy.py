@@ -12,13 +12,19 @@ share unserved (the LP's unserved penalty) is never poured.
 Groups go in order of regret, as in Vogel's approximation for transport problems: a group that
 would lose most by missing its best options goes before one that would hardly notice. Two
 measures of regret are tried (per group against its second-best factory; per slot against its
-dearest), a group the order starved is repaired by moving its neighbours aside, and the
-cheaper of the two pours is refined.
+dearest), and a group the order starved is repaired by moving its neighbours aside.
 
 What no order gets right is who should have the slots of a factory filled to a queueing
-segment's end or to capacity (where water-filling stops): whoever came first keeps them,
-though another group would save more per slot there, or would otherwise go unserved, and no
-group gains by moving *alone* (block coordinate descent stalls there). So refinement swaps:
+segment's end or to capacity (where water-filling stops, and where most factories end at the
+optimum): whoever came first keeps them, though another group would save more per slot there,
+or would otherwise go unserved. The LP settles it with a price per slot strictly between two
+segment marginals, its capacity dual, so the fallback estimates those duals
+(:mod:`tdn.topology.prices`) and pours once more charging at least them per slot: each group
+then takes the slots that are worth most to it at the prices everyone faces, not the first
+ones left. The cheapest pour (all of them on a small network) is refined.
+
+Refinement repairs what the pour still got wrong. No group gains by moving *alone* at a
+factory filled to a segment's end (block coordinate descent stalls there), so it swaps:
 at each factory, the group that loses least per slot by moving to its best alternative gives
 slots to the group that gains most per slot by taking them, from its dearest slice or its
 unserved share (so stranded demand is priced as the LP prices it); then every group is
@@ -35,6 +41,7 @@ from itertools import chain, pairwise
 
 import numpy as np
 
+from tdn.topology.prices import capacity_prices
 from tdn.topology.problem import Problem, Solution, objective_value, queueing_marginal_costs
 from tdn.topology.tables import Floats, Ints
 
@@ -541,6 +548,44 @@ class _WaterFiller:
         return limit
 
 
+class _PricedFiller(_WaterFiller):
+    """A :class:`_WaterFiller` that may charge slot and token prices while it pours: a class
+    of its own so that the LP's seed pour, which charges none, pays nothing for them. (Nor may
+    the base class take their attributes: at 30 CPython 3.11 stops sharing an instance dict's
+    keys and every attribute read in the pour gets slower, 4% on the seed.)"""
+
+    def __init__(self, problem: Problem) -> None:
+        self.floor: list[float] = []  # per factory, the least a slot is charged; [] for none
+        super().__init__(problem)
+        self.plain_static = self.v_static  # what v_static is while no token price is charged
+
+    def _reprice(self, f: int) -> None:
+        """The queueing marginal, raised to the factory's floor (a full factory stays closed:
+        its price is infinite)."""
+        super()._reprice(f)
+        if self.floor and self.price[f] < self.floor[f]:
+            self.price[f] = self.floor[f]
+
+    def price_slots(self, floor: Floats | None, token_price: Floats | None = None) -> None:
+        """Charge at least ``floor[f]`` per slot at factory ``f``, and ``token_price[f]`` per
+        output token/s placed there on top of each share's cost, from now on (None: only the
+        queueing marginals and the costs, as the LP's objective does). A slot priced at its
+        estimated LP dual goes to the groups that save most by it, not to whoever pours first;
+        once the factory's load reaches the segment whose marginal is above the floor, that
+        marginal rules again, so a floor only sets who fills a factory up to where the optimum
+        would. (Tokens have no segments: a token price is a surcharge, and the pour still stops
+        where the token rate runs out.)"""
+        self.v_static = self.plain_static
+        self.floor = [] if floor is None else floor.tolist()
+        if floor is not None and token_price is not None and token_price.any():
+            prim, edges = _edges(self.problem)
+            charged = self.prim_static + token_price[self.problem.factory[prim]] * (
+                self.problem.tokens_per_s[self.prim_group])
+            self.v_static = [charged[a:b] for a, b in pairwise(edges)]
+        for f in range(len(self.load)):
+            self._reprice(f)
+
+
 # Refinement rounds after the first pour: each makes up to _SWEEPS sweeps of swaps, then
 # re-pours every group (block coordinate descent), and the cheapest round stands. Rounds stop
 # once one gains less than _STALL of the objective; the caps (at most REFINING_ROUNDS, and about
@@ -551,21 +596,40 @@ _SWEEPS = 4
 _STALL = 2e-5
 _MIN_ROUNDS = 5
 _GROUP_POURS = 100_000
-# Up to this many candidate pairs both pours are refined (no one order wins on every network);
-# above, only the cheaper pour, to bound the work.
-_BOTH_ORDERS_UP_TO = 5_000
+# Up to this many candidate pairs every pour is refined (no one pour wins on every network);
+# above, only the cheapest, to bound the work.
+_ALL_POURS_UP_TO = 5_000
 # Starved groups repaired at most (each repair re-places its neighbours: bounded work).
 _REPAIRS = 10
 
 
-def _pour(problem: Problem, order: list[int]) -> tuple[_WaterFiller, list[int]]:
-    filler = _WaterFiller(problem)
+def _pour(problem: Problem, order: list[int], prices: tuple[Floats, Floats] | None = None,
+          *, repair: bool = True) -> tuple[_WaterFiller, list[int]]:
+    """Every group poured in ``order`` (charged ``prices``, per slot and per token, when
+    given: see :meth:`_PricedFiller.price_slots`), and with ``repair`` the starved repaired
+    (:func:`_repair`); the filler comes back charging what the objective does, for repair
+    and refinement."""
+    if prices is None:
+        filler = _WaterFiller(problem)
+    else:
+        priced = _PricedFiller(problem)
+        priced.price_slots(*prices)
+        filler = priced
     order = [g for g in order if len(filler.v_pair[g])]
     for g in order:
         filler.fill(g)
+    if isinstance(filler, _PricedFiller):
+        filler.price_slots(None)
+    if repair:
+        _repair(filler, order)
+    return filler, order
+
+
+def _repair(filler: _WaterFiller, order: list[int]) -> None:
+    """Repair the first _REPAIRS groups the pour starved (each re-places its neighbours:
+    where much is unserved this takes ten times as long as the pour itself)."""
     for g in [g for g in order if filler.unserved[g] > _EPSILON][:_REPAIRS]:
         filler.repair(g, order)
-    return filler, order
 
 
 def _refine(filler: _WaterFiller, order: list[int], rounds: int, status: str,
@@ -618,20 +682,34 @@ def assign_greedily(problem: Problem, status: str, passes: int = REFINING_ROUNDS
     """Greedy shares for every group; what does not fit anywhere is left unserved.
 
     With ``passes`` (the fallback: at most that many refining rounds), groups are poured in
-    two orders (no one order wins on every network), refined by swaps and re-pours (both on a
-    small network, else the cheaper pour), and the cheapest result stands. Without (the LP's
-    seed), one quick pour in slot-regret order, the better seed where cheap capacity is
-    contended. ``seconds_left``, when given, ends refining once it reaches zero (checked
-    between rounds): the cheapest assignment found by then stands.
+    slot-regret order with every slot charged at least its estimated LP dual (and every token
+    at its own, where factories declare token rates; see
+    :func:`~tdn.topology.prices.capacity_prices`): the pour that gets contended factories
+    right. As a safety net they are also poured at the queueing marginals alone, on a small
+    network in group-regret order too (no one pour wins on every network), and, where token
+    rates are declared, with slot prices found without them. Every pour is refined by swaps
+    and re-pours on a small network, else only the cheapest, and the cheapest result stands.
+    Without ``passes`` (the LP's seed), one quick pour in slot-regret order at the queueing
+    marginals, the better seed where cheap capacity is contended. ``seconds_left``, when given,
+    ends refining once it reaches zero (checked between rounds): the cheapest assignment found
+    by then stands.
     """
-    filler, order = _pour(problem, _slot_regret_order(problem))
+    order = _slot_regret_order(problem)
     if passes == 0:
-        return filler.solution(status)
-    other, other_order = _pour(problem, _group_regret_order(problem))
-    if int(problem.primary.sum()) <= _BOTH_ORDERS_UP_TO:
-        one = _refine(filler, order, passes, status, seconds_left)
-        two = _refine(other, other_order, passes, status, seconds_left)
-        return two if two.objective < one.objective else one
-    if other.solution(status).objective < filler.solution(status).objective:
-        filler, order = other, other_order
+        return _pour(problem, order)[0].solution(status)
+    small = int(problem.primary.sum()) <= _ALL_POURS_UP_TO
+    pours = [_pour(problem, order, capacity_prices(problem), repair=small),
+             _pour(problem, order, repair=small)]
+    if problem.factories.token_capacity.any():
+        pours.append(_pour(problem, order, capacity_prices(problem, tokens=False),
+                           repair=small))
+    if small:
+        pours.append(_pour(problem, _group_regret_order(problem)))
+        refined = [_refine(f, o, passes, status, seconds_left) for f, o in pours]
+        return min(refined, key=lambda solution: solution.objective)  # the first of ties
+    # Only the cheapest pour is repaired and refined, to leave refinement its time; the
+    # group-regret pour, the least likely to be cheapest, is left out.
+    poured = [f.solution(status).objective for f, _ in pours]
+    filler, order = pours[poured.index(min(poured))]
+    _repair(filler, order)
     return _refine(filler, order, passes, status, seconds_left)

@@ -4,16 +4,32 @@ in order goes wrong and the swaps put it right, as the LP would."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import random
 
 import numpy as np
 import pytest
 
+from bench.scale_worker import CONTROL_PLANE_OPTIONS, instance
 from tdn.domain import Demand, FactoryLoad, FactorySpec, FactoryState, Health, Price, Site, Tier
-from tdn.topology.greedy import _pour, _refine, _slot_regret_order, _WaterFiller, assign_greedily
+from tdn.policy import DEFAULT_POLICY
+from tdn.topology.greedy import (
+    _group_regret_order,
+    _pour,
+    _PricedFiller,
+    _refine,
+    _slot_regret_order,
+    _WaterFiller,
+    assign_greedily,
+)
 from tdn.topology.lp import solve_lp
-from tdn.topology.problem import Problem, build_problem, objective_value
+from tdn.topology.prices import capacity_prices
+from tdn.topology.problem import Problem, build_problem, objective_value, queueing_marginal_costs
 from tdn.topology.solver import SolveOptions, greedy, solve
+
+# The module (the package's attribute of that name is the solver's greedy()).
+greedy_module = importlib.import_module("tdn.topology.greedy")
 
 TIMING = FactoryLoad(ttft_p50_s=0.5, itl_p50_s=0.0225)
 # No queueing cost: a pure transport problem, whose optimum is easy to state by hand.
@@ -194,3 +210,104 @@ def test_pouring_with_marginals_updated_slice_by_slice_pours_exactly_as_recomput
         reference.fill(g)
     np.testing.assert_array_equal(fast.x, reference.x)
     assert fast.unserved == reference.unserved
+
+
+def _with_token_rates(factories: list[FactoryState], seed: int) -> list[FactoryState]:
+    """Every other factory given an output token rate tight enough to bind at its load."""
+    rng = random.Random(seed)
+    return [dataclasses.replace(f, spec=dataclasses.replace(
+        f.spec, max_output_tokens_per_second=f.spec.max_concurrency * rng.uniform(2.0, 12.0)))
+        if i % 2 == 0 else f for i, f in enumerate(factories)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("all_pours_up_to", [greedy_module._ALL_POURS_UP_TO, 0],
+                         ids=["small network", "large network"])
+def test_greedy_keeps_within_slots_and_token_rates_whichever_pour_wins(
+        seed: int, all_pours_up_to: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Priced pours charge slots and tokens differently from the objective while pouring; the
+    # plan must still keep every limit. (0 makes these small networks take the large path:
+    # pours compared before repair and refinement.)
+    monkeypatch.setattr(greedy_module, "_ALL_POURS_UP_TO", all_pours_up_to)
+    factories, sites, demands = generated(seed)
+    factories = _with_token_rates(factories, seed)
+    problem = build_problem(factories, sites, demands, None, SolveOptions(max_primary_share=0.34))
+    assert problem.factories.token_capacity.any()
+    solution = assign_greedily(problem, "fallback:test")
+    x = solution.x
+    assert np.all(x[~problem.primary] == 0.0) and np.all(x <= problem.share_cap + 1e-9)
+    served = np.bincount(problem.group, weights=x, minlength=problem.group_count)
+    np.testing.assert_allclose(served + solution.unserved, 1.0, atol=1e-9)
+    n = len(problem.factories)
+    load = np.bincount(problem.factory, weights=problem.concurrency * x, minlength=n)
+    assert np.all(load <= problem.factories.capacity + 1e-6)
+    tokens = np.bincount(problem.factory, weights=problem.tokens_per_s[problem.group] * x,
+                         minlength=n)
+    limited = problem.factories.token_capacity > 0
+    assert np.all(tokens[limited] <= problem.factories.token_capacity[limited] + 1e-6)
+    assert solution.objective == pytest.approx(objective_value(problem, x, solution.unserved))
+
+
+@pytest.mark.parametrize("options", [CAPACITY_ONLY, SolveOptions()],
+                         ids=["capacity only", "queueing"])
+def test_the_slot_price_found_is_the_lps_dual_where_a_group_splits_between_two_factories(
+        options: SolveOptions) -> None:
+    # "far" does not fit on the cheap factory whole, so the LP splits it between the cheap one
+    # and the big one: at the optimum both cost it the same at the margin (rate x cost + slot
+    # price x concurrency), which fixes the cheap factory's dual. The big one is far from full,
+    # in its first queueing segment: its slot price is that segment's marginal.
+    _, factories, sites, demands = _two_sites_one_cheap_factory()
+    problem = build_problem(factories, sites, demands, None, options)
+    optimum = solve_lp(problem, lambda: 10.0)
+    far = problem.keys.index(("far", "m", "default"))
+    pair = {problem.factories.id(int(problem.factory[j])): j for j in problem.pairs(far)}
+    assert 0.0 < optimum.x[pair["cheap"]] < problem.share_cap[pair["cheap"]]
+    assert optimum.x[pair["big"]] > 0.0
+    rate = problem.objective_rate[far]
+    big_price = queueing_marginal_costs(options)[0]
+    cheap_price = (rate * (problem.cost[pair["big"]] - problem.cost[pair["cheap"]])
+                   + problem.concurrency[pair["big"]] * big_price
+                   ) / problem.concurrency[pair["cheap"]]
+    slot, token = capacity_prices(problem)
+    cheap, big = (problem.factories.index[fid] for fid in ("cheap", "big"))
+    assert slot[cheap] == pytest.approx(cheap_price, rel=1e-2)
+    assert slot[big] == pytest.approx(big_price, abs=1e-3)
+    assert not token.any()
+
+
+def test_a_pour_at_the_prices_found_lands_within_a_percent_of_the_optimum_and_plain_ones_do_not(
+        ) -> None:
+    # The scale benchmark's kind of network: most factories end on a queueing segment's
+    # boundary at the optimum, where who gets the slots is decided by prices no pour at the
+    # segment marginals sees.
+    factories, sites, demands = instance(100, 1000)
+    problem = build_problem(factories, sites, demands, None, CONTROL_PLANE_OPTIONS,
+                            policy=DEFAULT_POLICY)
+    optimum = solve_lp(problem, lambda: 60.0)
+    assert optimum.status == "optimal"
+    order = _slot_regret_order(problem)
+    prices = capacity_prices(problem)
+    priced = _pour(problem, order, prices)[0].solution("x").objective
+    assert optimum.objective * (1 - 1e-9) <= priced <= optimum.objective * 1.01
+    for plain_order in (order, _group_regret_order(problem)):
+        assert _pour(problem, plain_order)[0].solution("x").objective > optimum.objective * 1.01
+    # The same problem, built again from the inputs in another order, gets the same prices.
+    again = build_problem(list(reversed(factories)), sites, list(reversed(demands)), None,
+                          CONTROL_PLANE_OPTIONS, policy=DEFAULT_POLICY)
+    for found, repeated in zip(prices, capacity_prices(again), strict=True):
+        np.testing.assert_array_equal(found, repeated)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_priced_pour_hands_refinement_a_filler_charging_what_the_objective_charges(
+        seed: int) -> None:
+    factories, sites, demands = generated(seed)
+    factories = _with_token_rates(factories, seed)
+    problem = build_problem(factories, sites, demands, None, SolveOptions(max_primary_share=0.34))
+    filler, _ = _pour(problem, _slot_regret_order(problem), capacity_prices(problem))
+    assert isinstance(filler, _PricedFiller)
+    plain = _WaterFiller(problem)
+    plain.restore(filler.snapshot())
+    np.testing.assert_array_equal(filler.price, plain.price)
+    for charged, expected in zip(filler.v_static, plain.v_static, strict=True):
+        np.testing.assert_array_equal(charged, expected)
