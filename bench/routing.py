@@ -62,6 +62,7 @@ objective:
   carbon: 3
 """
 GREEN_NAME = "TDN (green policy)"
+HEADROOM_NAME = "TDN (headroom 0.4)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,7 @@ def routers(topology: Topology, reqs: Sequence[Req], no_solve: Sequence[tuple[fl
     out: list[Router] = [
         TdnRouter(topology, reqs, no_solve=no_solve),
         # The operator's knob for bursty traffic: plan each factory to 60% instead of 80%.
-        TdnRouter(topology, reqs, no_solve=no_solve, name="TDN (headroom 0.4)",
+        TdnRouter(topology, reqs, no_solve=no_solve, name=HEADROOM_NAME,
                   options=dataclasses.replace(options_from_policy(DEFAULT_POLICY),
                                               capacity_headroom=0.4)),
         TdnRouter(topology, reqs, no_solve=no_solve, name="TDN (no load telemetry)",
@@ -352,7 +353,8 @@ def goals(outcomes: dict[str, Outcome]) -> list[str]:
                f"{_pct(ll.slo_attainment)} — **{'met' if met else 'missed'}**.")
     blind = {k: v.normal for k, v in outcomes.items() if not k.startswith("TDN")}
     for name, label in (("TDN", "default policy"),
-                        (GREEN_NAME, "green policy (`objective: {latency: 0.25, carbon: 3}`)")):
+                        (GREEN_NAME, "green policy (`objective: {latency: 0.25, carbon: 3}`)"),
+                        (HEADROOM_NAME, "policy `capacity: {headroom: 0.4}`")):
         if name not in outcomes:
             continue
         mine = outcomes[name].normal
