@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from dataplane_support import (
     CHAT_BODY,
+    StreamAnswer,
     make_policy,
     read_stream,
     requests_seen,
@@ -19,7 +20,7 @@ from dataplane_support import (
 )
 from multidict import CIMultiDict
 
-from tdn.domain import DataPlaneSettings
+from tdn.domain import DataPlaneSettings, SitePolicy
 from tdn.sim.faults import Fault, FaultMode
 
 FAULT_S = 30.0  # how long the faulty factory would keep the client waiting
@@ -35,18 +36,23 @@ async def post(url: str, body: dict[str, Any],
         return r.status, CIMultiDict(r.headers), await r.json(content_type=None)
 
 
+async def streamed_through(policy: SitePolicy) -> tuple[StreamAnswer, float, str]:
+    """One stream through a fresh sidecar: the answer, its seconds, the sidecar's metrics."""
+    async with running_sidecar(policy) as sc:
+        started = time.monotonic()
+        answer = await read_stream(f"{sc.proxy_url}/chat/completions",
+                                   {**CHAT_BODY, "stream": True})
+        elapsed = time.monotonic() - started
+        return answer, elapsed, sc.metrics.exposition().decode()
+
+
 async def test_blackholed_factory_is_abandoned_at_the_first_byte_deadline_for_a_stream() -> None:
     async with simulators("silent", "backup") as sims:
         sims["silent"].set_fault(Fault(FaultMode.HANG))
         policy = make_policy("v1", {"silent": sims["silent"].url, "backup": sims["backup"].url},
                              [("silent", 1.0)], [[("backup", 1.0)]],
                              first_byte_timeout_s=DEADLINE_S)
-        async with running_sidecar(policy) as sc:
-            started = time.monotonic()
-            answer = await read_stream(f"{sc.proxy_url}/chat/completions",
-                                       {**CHAT_BODY, "stream": True})
-            elapsed = time.monotonic() - started
-            metrics = sc.metrics.exposition().decode()
+        answer, elapsed, metrics = await streamed_through(policy)
     assert answer.status == 200
     assert answer.headers["x-tdn-factory"] == "backup"
     assert answer.done and answer.text and answer.error is None
@@ -144,10 +150,7 @@ async def test_last_candidate_is_not_abandoned_at_a_derived_deadline() -> None:
         sims["only"].set_fault(Fault(FaultMode.STALL_FIRST_TOKEN, seconds=1.5))
         policy = make_policy("v1", {"only": sims["only"].url}, [("only", 1.0)],
                              ttft_p99_s={"only": 0.2})
-        async with running_sidecar(policy) as sc:
-            answer = await read_stream(f"{sc.proxy_url}/chat/completions",
-                                       {**CHAT_BODY, "stream": True})
-            metrics = sc.metrics.exposition().decode()
+        answer, _, metrics = await streamed_through(policy)
     assert (answer.status, answer.headers["x-tdn-factory"],
             answer.headers["x-tdn-attempts"]) == (200, "only", "1")
     assert answer.done and answer.text and answer.error is None
@@ -159,12 +162,7 @@ async def test_operator_deadline_still_bounds_the_last_candidate() -> None:
         sims["only"].set_fault(Fault(FaultMode.STALL_FIRST_TOKEN, seconds=FAULT_S))
         policy = make_policy("v1", {"only": sims["only"].url}, [("only", 1.0)],
                              first_byte_timeout_s=DEADLINE_S)
-        async with running_sidecar(policy) as sc:
-            started = time.monotonic()
-            answer = await read_stream(f"{sc.proxy_url}/chat/completions",
-                                       {**CHAT_BODY, "stream": True})
-            elapsed = time.monotonic() - started
-            metrics = sc.metrics.exposition().decode()
+        answer, elapsed, metrics = await streamed_through(policy)
     assert answer.status >= 500
     assert elapsed < BOUND_S < FAULT_S
     assert 'factory="only",model="llama-3.1-8b-instruct",reason="first_byte_timeout"' in metrics

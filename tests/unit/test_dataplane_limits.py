@@ -91,16 +91,10 @@ def test_first_byte_deadline_comes_from_route_then_site_then_ttft() -> None:
     assert first_byte_deadline(plain, site, A) == 5.0
     assert first_byte_deadline(plain, derive, A) == pytest.approx(1.2)  # 3 x 0.4 s
     assert first_byte_deadline(plain, derive, B) == 30.0  # unknown TTFT: the cap
-
-
-def test_last_candidate_gets_the_cap_unless_the_operator_set_a_deadline() -> None:
-    route = Route("m", "default", (), first_byte_timeout_s=2.0)
-    plain = Route("m", "default", ())
-    site = EffectiveSettings(first_byte_timeout_s=5.0)
-    derive = EffectiveSettings()
-    assert last_resort_deadline(route, site, A) == 2.0
-    assert last_resort_deadline(plain, site, A) == 5.0
-    assert last_resort_deadline(plain, derive, A) == 30.0  # derived 1.2 s would buy nothing
+    # A request's last candidate: the operator's deadline as set, else the cap (a derived
+    # 1.2 s would buy no failover).
+    assert [last_resort_deadline(r, s, A) for r, s in ((route, site), (plain, site),
+                                                       (plain, derive))] == [2.0, 5.0, 30.0]
     assert last_resort_deadline(plain, derive, B) == 30.0
 
 
