@@ -33,7 +33,8 @@ import json
 import math
 from collections.abc import Collection
 
-__all__ = ["FORMAT_REQUEST_LINE", "MAX_AGE_S", "LoadReports", "waiting_requests"]
+__all__ = ["FORMAT_REQUEST_LINE", "MAX_AGE_S", "REPORT_HEADER", "LoadReports",
+           "waiting_requests"]
 
 # The request header that asks a vLLM server for its load report, as a header line.
 FORMAT_REQUEST_LINE = b"endpoint-load-metrics-format: text\r\n"
@@ -49,7 +50,8 @@ def waiting_requests(value: bytes) -> float | None:
     """The ``num_requests_waiting`` of an ORCA ``endpoint-load-metrics`` header value (TEXT or
     JSON format); None when the value has none or cannot be read."""
     text = value.strip()
-    if text[:5].upper() == b"TEXT ":
+    kind = text[:5].upper()
+    if kind == b"TEXT ":
         at = text.find(_TEXT_KEY)
         if at < 0:
             return None
@@ -60,7 +62,7 @@ def waiting_requests(value: bytes) -> float | None:
             number = float(raw)
         except ValueError:
             return None
-    elif text[:5].upper() == b"JSON ":
+    elif kind == b"JSON ":
         try:
             report = json.loads(text[5:])
             number = float(report["named_metrics"][_WAITING])

@@ -33,11 +33,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .load_reports import REPORT_HEADER
+
 # Stop reading a factory's socket while this much of its answer waits for the client.
 HIGH_WATER_BYTES = 256 * 1024
 LOW_WATER_BYTES = 64 * 1024
 # Bodies up to this size are sent in the same write as the request head.
 _JOIN_LIMIT = 64 * 1024
+_REPORT_SIZE = len(REPORT_HEADER)
 
 
 class UpstreamError(Exception):
@@ -365,7 +368,7 @@ class _Connection(asyncio.Protocol):
                     response.content_length = int(value)
             elif size == 17 and name.lower() == b"transfer-encoding":
                 response.delimited = True
-            elif size == 21 and name.lower() == b"endpoint-load-metrics":
+            elif size == _REPORT_SIZE and name.lower() == REPORT_HEADER:
                 response.load_report = value
         if content_type is not None:
             response.content_type = content_type.decode("latin-1")

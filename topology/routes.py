@@ -64,8 +64,8 @@ def spread_unserved(problem: Problem, solution: Solution) -> Floats:
             size = capacity[f] / conc
             add = fits + size * ((want - total) / float(size.sum()))
         x[pairs] += add
-        np.subtract.at(room, f, add * conc)
-        np.maximum(room, 0.0, out=room)
+        # A group has one pair per factory, so ``f`` holds no repeats.
+        room[f] = np.maximum(room[f] - add * conc, 0.0)
     return x
 
 
