@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 import grpc
 
 from bench import convergence_sidecars
+from bench.dataplane_procs import free_port
 from tdn.domain import Energy, FactorySpec, Price, Tier
 from tdn.v1 import operator_pb2, operator_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc
 from tdn.wire import energy_to_pb, price_to_pb, spec_to_identity
@@ -72,12 +72,6 @@ FACTORIES = (
 FAILING = "eu-1"
 CLIENT_PROCESSES = 2
 ROUND_TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_bytes(pid: int) -> int:
@@ -121,7 +115,7 @@ class _Replica:
 
 
 def _start_replica(folder: Path, name: str, store: str) -> _Replica:
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = free_port(), free_port()
     network = folder / "network.yaml"
     network.write_text(NETWORK)
     args = [sys.executable, "-m", "tdn.cli", "controlplane", "--grpc", f"127.0.0.1:{grpc_port}",
@@ -159,7 +153,7 @@ def _etcd(folder: Path) -> Iterator[str | None]:
     if binary is None:
         yield None
         return
-    client, peer = _free_port(), _free_port()
+    client, peer = free_port(), free_port()
     url = f"http://127.0.0.1:{client}"
     process = _spawn([binary, "--name", "bench", "--data-dir", str(folder / "etcd"),
                       "--listen-client-urls", url, "--advertise-client-urls", url,

@@ -33,10 +33,23 @@ class BenchSetupError(RuntimeError):
     """Something the benchmark needs is missing or did not start; the message says what."""
 
 
+_ISSUED_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago and not handed out before.
+
+    The kernel may give the port it just released to the next ``bind(0)``, so two calls in a row
+    can return the same number (CI saw an etcd member's client and peer URL collide). Ports
+    already handed out by this process are never handed out again. The tests use this too.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _ISSUED_PORTS:
+            _ISSUED_PORTS.add(port)
+            return port
 
 
 def cpu_count() -> int:

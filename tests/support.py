@@ -17,16 +17,12 @@ from pathlib import Path
 
 import pytest
 
+# Re-exported: the tests take their ports from here, the benchmarks from bench.
+from bench.dataplane_procs import free_port  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 FIXTURES = REPO / "tests" / "fixtures"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,

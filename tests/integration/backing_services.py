@@ -161,22 +161,30 @@ def _new_members(root: Path, n: int, heartbeat_ms: int, election_ms: int) -> lis
 
 
 def start_etcd_cluster(tmp_path: Path, n: int = 3, *, heartbeat_ms: int = 100,
-                       election_ms: int = 1000) -> EtcdCluster:
+                       election_ms: int = 1000, attempts: int = 3) -> EtcdCluster:
     """Start ``n`` etcd members as one cluster under ``tmp_path``; wait until all are healthy.
 
     The caller stops it (``cluster.stop()``). Default raft timings are etcd's own, which are
-    sturdier than the single-member fixture's on a busy CI machine.
+    sturdier than the single-member fixture's on a busy CI machine. Like ``start_etcd``, a
+    cluster with a member that dies during startup is started again on new ports.
     """
-    root = tmp_path / f"etcd-cluster-{uuid.uuid4().hex[:8]}"
-    cluster = EtcdCluster(_new_members(root, n, heartbeat_ms, election_ms))
-    for member in cluster.members:
-        member.start()
-    try:
-        cluster.wait_healthy()
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
+    last_error: AssertionError | None = None
+    for _ in range(attempts):
+        root = tmp_path / f"etcd-cluster-{uuid.uuid4().hex[:8]}"
+        cluster = EtcdCluster(_new_members(root, n, heartbeat_ms, election_ms))
+        for member in cluster.members:
+            member.start()
+        try:
+            cluster.wait_healthy()
+        except AssertionError as exc:  # a port taken between choosing and binding: new ports
+            cluster.stop()
+            last_error = exc
+            continue
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+    raise AssertionError(f"etcd cluster did not start in {attempts} attempts") from last_error
 
 
 def start_etcd(tmp_path: Path, attempts: int = 3) -> EtcdMember:
