@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+from tdn.chaos.services import free_port  # noqa: F401  (the benchmarks take ports from here)
 
 REPO = Path(__file__).resolve().parent.parent
 LITELLM_VENV = Path.home() / ".cache" / "tdn" / "bench-litellm"
@@ -31,25 +32,6 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 class BenchSetupError(RuntimeError):
     """Something the benchmark needs is missing or did not start; the message says what."""
-
-
-_ISSUED_PORTS: set[int] = set()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago and not handed out before.
-
-    The kernel may give the port it just released to the next ``bind(0)``, so two calls in a row
-    can return the same number (CI saw an etcd member's client and peer URL collide). Ports
-    already handed out by this process are never handed out again. The tests use this too.
-    """
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _ISSUED_PORTS:
-            _ISSUED_PORTS.add(port)
-            return port
 
 
 def cpu_count() -> int:

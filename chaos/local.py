@@ -77,7 +77,9 @@ async def start_local(run_dir: Path, toxiproxy_url: str, *, base_network: Path |
 
 async def _proxy(network: DrillNetwork, name: str, upstream: str) -> str:
     """Create a proxy on a free port in front of ``upstream``; return its listen address."""
-    proxy = await network.toxiproxy.create_proxy(name, "127.0.0.1:0", upstream)
+    # A port chosen here, not 0: Toxiproxy could otherwise take one handed out a moment ago to
+    # a process that has not bound it yet (a control plane then failed to start in CI).
+    proxy = await network.toxiproxy.create_proxy(name, f"127.0.0.1:{free_port()}", upstream)
     network._owned.append(name)
     return f"127.0.0.1:{proxy.listen_port}"
 

@@ -24,11 +24,25 @@ class ServiceError(RuntimeError):
     """A backing service could not be found or started."""
 
 
+_ISSUED_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port that was free a moment ago and not handed out before.
+
+    The kernel may give the port it just released to the next ``bind(0)``, so two calls in a row
+    can return the same number (CI saw an etcd member's client and peer URL collide), and a
+    server told to take port 0 may get a port chosen here for another that has not bound it
+    yet. Ports already handed out by this process are never handed out again; drills, tests
+    and benchmarks all take theirs from here, and give Toxiproxy one too.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _ISSUED_PORTS:
+            _ISSUED_PORTS.add(port)
+            return port
 
 
 def find_binary(names: list[str], env_var: str, extra: list[Path] | None = None) -> str:

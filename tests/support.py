@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-# Re-exported: the tests take their ports from here, the benchmarks from bench.
-from bench.dataplane_procs import free_port  # noqa: F401
+# Re-exported: the tests take their ports from here (one issuer for tests, drills, benchmarks).
+from tdn.chaos.services import free_port  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
