@@ -9,6 +9,7 @@ solver's own; the failure verdict replays the plan through :mod:`tdn.topology.fa
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from tdn.domain import Demand, Plan, Route, Site
@@ -110,16 +111,13 @@ class _Solved:
         pair = self.pairs.get(factory_id)
         if pair is None:
             return None
-        ft = self.problem.factories
-        capacity = float(ft.capacity[ft.index[factory_id]])
-        marginals = queueing_marginal_costs(inputs.options)
-        if capacity <= 0:
-            k = len(marginals) - 1
-        else:
-            k = min(int(self.fill.get(factory_id, 0.0) / capacity * len(marginals)),
-                    len(marginals) - 1)
+        f = self.problem.factories.index[factory_id]
+        ends = self.problem.widths[f].cumsum().tolist()
+        marginals = self.problem.marginals[f]
+        # The segment the next slot falls in (past the capacity: the last).
+        k = min(bisect.bisect_right(ends, self.fill.get(factory_id, 0.0)), len(marginals) - 1)
         duration, scale, _, _ = pair
-        return marginals[k] * duration * scale
+        return float(marginals[k]) * duration * scale
 
 
 def _solved(inputs: SolveInputs, plan: Plan, key: GroupKey) -> _Solved:

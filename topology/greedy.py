@@ -42,7 +42,7 @@ from itertools import chain, pairwise
 import numpy as np
 
 from tdn.topology.prices import capacity_prices
-from tdn.topology.problem import Problem, Solution, objective_value, queueing_marginal_costs
+from tdn.topology.problem import Problem, Solution, objective_value
 from tdn.topology.tables import Floats, Ints
 
 _EPSILON = 1e-12
@@ -127,9 +127,12 @@ class _WaterFiller:
         o = problem.options
         ft = problem.factories
         self.problem = problem
-        self.marginals = queueing_marginal_costs(o)
+        # Per factory: its segments' marginals, and the width of every segment but the
+        # overflow (the overflow runs from the end of those to the capacity: its width is at
+        # most theirs, so K x segment never falls short of the capacity).
+        self.marginals = problem.marginals.tolist()
         self.capacity = ft.capacity.tolist()
-        self.segment = [c / len(self.marginals) for c in self.capacity]
+        self.segment = problem.widths[:, 0].tolist()
         self.tokens_left = [t if t > 0 else math.inf for t in ft.token_capacity.tolist()]
         self.load = [0.0] * len(ft)
         self.price: Floats = np.zeros(len(ft), dtype=np.float64)
@@ -175,7 +178,8 @@ class _WaterFiller:
         k = int(load / segment)
         if (k + 1) * segment - load <= 1e-9 * segment:  # at a segment boundary, up to float error
             k += 1
-        self.price[f] = self.marginals[min(k, len(self.marginals) - 1)]
+        marginals = self.marginals[f]
+        self.price[f] = marginals[min(k, len(marginals) - 1)]
 
     def _amount(self, g: int, j: int, remaining: float) -> float:
         """How much of group ``g`` pair ``j`` takes at its current price."""
@@ -370,9 +374,9 @@ class _WaterFiller:
             enter_static = leave_static = static
         load = np.asarray(self.load, dtype=np.float64)
         segment = np.asarray(self.segment, dtype=np.float64)
-        marginals = np.asarray(self.marginals, dtype=np.float64)
+        marginals = p.marginals
         top = np.clip(np.ceil(load / np.where(segment > 0, segment, 1.0) - 1e-9) - 1, 0,
-                      len(marginals) - 1).astype(np.int64)
+                      marginals.shape[1] - 1).astype(np.int64)
         in_top = load - top * segment  # load a leaving slice frees at the top segment's price
         room = np.where(np.isfinite(self.price),
                         np.minimum((top + 1) * segment - load, np.asarray(self.capacity) - load),
@@ -400,7 +404,7 @@ class _WaterFiller:
         second_at[g[is_second][::-1]] = index[is_second][::-1]
         # Each group's dearest used slice, valued at the price its top segment frees.
         on = shares > _EPSILON
-        leave = leave_static + conc * marginals[top[f]]
+        leave = leave_static + conc * marginals[f, top[f]]
         dearest = np.full(p.group_count, -math.inf, dtype=np.float64)
         np.maximum.at(dearest, g[on], leave[on])
         dearest_at = np.full(p.group_count, -1, dtype=np.int64)
@@ -518,10 +522,10 @@ class _WaterFiller:
         load = np.asarray(self.load)[p.factory[used]]
         segment = np.asarray(self.segment)[p.factory[used]]
         top = np.clip(np.ceil(load / np.where(segment > 0, segment, 1.0) - 1e-9) - 1, 0,
-                      len(self.marginals) - 1).astype(np.int64)
+                      p.marginals.shape[1] - 1).astype(np.int64)
         dearest = np.full(p.group_count, -math.inf)
         np.maximum.at(dearest, g, p.objective_rate[g] * p.cost[used] + p.concurrency[used]
-                      * np.asarray(self.marginals)[top])
+                      * p.marginals[p.factory[used], top])
         short = np.asarray(self.unserved) > 1e-9
         dearest[short] = math.inf
         counts: list[int] = np.bincount(

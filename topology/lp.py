@@ -9,7 +9,8 @@ Variables, for each group g and primary-eligible factory f *in the model*:
                     network still has a plan and says what it could not carry)
   s[f,k] >= 0       planned concurrency at f in capacity segment k (convex queueing cost)
 Rows: sum_f x[g,f] + u[g] = 1; sum_g x[g,f] * concurrency[g,f] = sum_k s[f,k] with each
-s[f,k] <= capacity_f / K (planned concurrency stays under capacity with headroom); output
+s[f,k] <= the segment's width (planned concurrency stays under capacity with headroom; the
+last segment, the overflow, starts where the factory's groups stop being SLO-safe); output
 tokens/s under the factory's token-rate capacity when it declares one.
 Objective: sum rate_g * (cost[g,f] x + churn + penalty u) + sum marginal_k * s[f,k].
 
@@ -49,7 +50,7 @@ from ortools.math_opt import (
 )
 from ortools.math_opt.core.python import solver as math_opt
 
-from tdn.topology.problem import Problem, Solution, queueing_marginal_costs
+from tdn.topology.problem import Problem, Solution
 from tdn.topology.tables import Floats, Ints
 
 # Shares below this are solver noise, not routing decisions.
@@ -191,8 +192,7 @@ class _Model:
         grouped = problem.group[pairs]  # sorted: pairs are in group order
         self.groups = grouped[np.r_[True, grouped[1:] != grouped[:-1]]]
         factories = np.flatnonzero(np.bincount(problem.factory[pairs], minlength=len(ft)))
-        marginals = np.asarray(queueing_marginal_costs(problem.options), dtype=np.float64)
-        K = len(marginals)
+        K = problem.widths.shape[1]
         n_groups, n_factories = len(self.groups), len(factories)
         G, F = problem.group_count, len(ft)
         # Rows: served per group, balance per factory, then a token row per factory that
@@ -212,13 +212,13 @@ class _Model:
         columns = first_column + np.arange(len(column_pair), dtype=np.int64)
         model = model_pb2.ModelProto()
         _variables(model.variables, 0, np.concatenate(
-            (np.ones(n_groups), np.repeat(ft.capacity[factories] / K, K), upper)))
+            (np.ones(n_groups), problem.widths[factories].ravel(), upper)))
         n_vars = first_column + len(column_pair)
         model.objective.offset = self.offset
         model.objective.linear_coefficients.ids.extend(range(n_vars))
         model.objective.linear_coefficients.values.extend(np.concatenate(
             ((problem.objective_rate * problem.penalty)[self.groups],
-             np.tile(marginals, n_factories), price)).tolist())
+             problem.marginals[factories].ravel(), price)).tolist())
         rows = model.linear_constraints
         rows.ids.extend(range(n_rows))
         rows.lower_bounds.extend([1.0] * n_groups + [0.0] * (n_rows - n_groups))

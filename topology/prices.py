@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tdn.topology.problem import Problem, queueing_marginal_costs
+from tdn.topology.problem import Problem
 from tdn.topology.tables import Floats
 
 # Sweeps of block coordinate ascent, and the smoothing at the first and last: in units of the
@@ -101,8 +101,8 @@ def capacity_prices(problem: Problem, sweeps: int = SWEEPS, *, tokens: bool = Tr
     counts = np.diff(np.r_[runs, len(prim)])
     groups = g[runs]
     penalty = problem.penalty[groups]
-    marginals = np.asarray(queueing_marginal_costs(problem.options), dtype=np.float64)
-    segment = problem.factories.capacity / len(marginals)
+    marginals = problem.marginals  # factory x segment
+    widths = problem.widths
     token_capacity = problem.factories.token_capacity
     limited = token_capacity > 0  # factories with a token-rate row
     tokens = tokens and bool(limited.any())
@@ -112,7 +112,7 @@ def capacity_prices(problem: Problem, sweeps: int = SWEEPS, *, tokens: bool = Tr
     scale = float(np.median(cheapest))
     slot_seconds = float(np.median(per_request))
     if not scale > 0:
-        scale = max(float(marginals[0]) * slot_seconds, 1e-9)
+        scale = max(float(np.median(marginals[:, 0])) * slot_seconds, 1e-9)
     slot_seconds = max(slot_seconds, 1e-9)
     token_scale = max(float(np.median(per_token / rate)), 1e-9)  # tokens per request
 
@@ -154,10 +154,10 @@ def capacity_prices(problem: Problem, sweeps: int = SWEEPS, *, tokens: bool = Tr
         load = np.bincount(f, weights=load_weight * share64, minlength=F)
         slope_load = np.bincount(f, weights=slope_weight * share64 * (1.0 - share64),
                                  minlength=F) / tau
-        filled = 1.0 / (1.0 + np.exp(np.clip((marginals[None, :] - price[:, None])
+        filled = 1.0 / (1.0 + np.exp(np.clip((marginals - price[:, None])
                                              / factory_tau, -500.0, 500.0)))
-        supply = segment * filled.sum(axis=1)
-        slope_supply = segment * (filled * (1.0 - filled)).sum(axis=1) / factory_tau
+        supply = (widths * filled).sum(axis=1)
+        slope_supply = (widths * filled * (1.0 - filled)).sum(axis=1) / factory_tau
         step = (load - supply) / np.maximum(slope_load + slope_supply, 1e-300)
         bound = _MAX_STEP * tau + price  # (a price may double in a sweep: overload)
         price = np.maximum(price + np.clip(step, -bound, bound), 0.0)

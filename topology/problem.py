@@ -130,7 +130,9 @@ def previous_shares(previous: Plan | None) -> dict[GroupKey, dict[str, float]]:
 
 
 def queueing_marginal_costs(options: SolveOptions) -> tuple[float, ...]:
-    """Cost per second of occupancy of one slot in each capacity segment, increasing (convex).
+    """Cost per second of occupancy of one slot in each capacity segment, increasing (convex),
+    for a factory whose overflow starts at the least point it may (:func:`safe_share` of the
+    plannable capacity; :func:`segment_marginals` gives every factory's own).
 
     Segment k covers utilisations [k, k+1) / K of the plannable capacity; its price is the M/M/1
     delay factor rho / (1 - rho) at the segment's midpoint, rho measured against the factory's
@@ -138,15 +140,48 @@ def queueing_marginal_costs(options: SolveOptions) -> tuple[float, ...]:
     more, the last one is the *overflow* beyond the SLO-safe load (see :func:`safe_share`) and
     also carries :data:`SLO_OVERFLOW_FACTOR`: the SLO misses a plan buys by filling it.
     """
+    return tuple(segment_marginals(options, np.array([safe_share(options)]))[0].tolist())
+
+
+def segment_marginals(options: SolveOptions, overflow_from: Floats) -> Floats:
+    """Per factory (rows) and capacity segment, the cost per second of occupancy of one slot,
+    increasing (convex). ``overflow_from`` is each factory's overflow start as a share of its
+    plannable capacity (between :func:`safe_share` and 1; see :func:`segment_widths`).
+
+    The first K - 1 segments split the capacity below the overflow start evenly, the last is
+    the rest up to the plannable capacity; each is priced at the M/M/1 delay factor
+    rho / (1 - rho) at its midpoint, rho measured against the factory's full concurrency, so
+    filling towards the headroom costs ever more. With two segments or more the last is the
+    *overflow* beyond the SLO-safe load and also carries :data:`SLO_OVERFLOW_FACTOR`: the SLO
+    misses a plan buys by filling it. With the overflow starting at its least point this is
+    K equal segments.
+    """
     k = options.queueing_segments
     keep = 1.0 - options.capacity_headroom
-    costs = []
-    for i in range(k):
-        rho = (i + 0.5) / k * keep
-        costs.append(options.queueing_steepness * rho / (1.0 - rho))
+    start = np.asarray(overflow_from, dtype=np.float64)[:, None]
     if k >= 2:
-        costs[-1] += options.queueing_steepness * SLO_OVERFLOW_FACTOR
-    return tuple(costs)
+        mid = np.concatenate((start * ((np.arange(k - 1) + 0.5) / (k - 1))[None, :],
+                              (start + 1.0) / 2.0), axis=1)
+    else:
+        mid = np.full((len(start), 1), 0.5)
+    rho = mid * keep
+    out: Floats = options.queueing_steepness * rho / (1.0 - rho)
+    if k >= 2:
+        out[:, -1] += options.queueing_steepness * SLO_OVERFLOW_FACTOR
+    return out
+
+
+def segment_widths(options: SolveOptions, plannable: Floats, overflow_from: Floats) -> Floats:
+    """Per factory (rows) and capacity segment, its width in planned concurrency (the LP's
+    units): K - 1 equal segments up to the overflow start (``overflow_from`` x ``plannable``),
+    then the overflow up to the plannable capacity."""
+    k = options.queueing_segments
+    if k < 2:
+        return np.asarray(plannable, dtype=np.float64)[:, None].copy()
+    below = plannable * overflow_from
+    out: Floats = np.concatenate((np.repeat((below / (k - 1))[:, None], k - 1, axis=1),
+                                  (plannable - below)[:, None]), axis=1)
+    return out
 
 
 def safe_share(options: SolveOptions) -> float:
@@ -183,8 +218,8 @@ class Problem:
     cost: Floats  # weighted per-request cost, tier factor included
     duration: Floats  # seconds one request holds a slot
     # In-flight requests if the factory took the whole group, in units of the factory's
-    # plannable capacity: in_flight scaled by plannable / slo_safe_load (see build_problem).
-    # The LP, the greedy fallback and the backup ledger count load in these units.
+    # plannable capacity: in_flight scaled by (overflow start) / slo_safe_load, never below 1
+    # (see build_problem). The LP and the greedy fallback count load in these units.
     concurrency: Floats
     in_flight: Floats  # in-flight requests if the factory took the whole group (Little's law)
     scale: Floats  # concurrency / in_flight: how much faster than its load the pair fills capacity
@@ -196,6 +231,11 @@ class Problem:
     # The largest share of its group a pair may carry (see share_caps): the LP's column bound,
     # the greedy's too.
     share_cap: Floats
+    # --- per factory: where its overflow segment starts, as a share of its plannable capacity
+    # (see overflow_starts), and its segments' widths and marginal costs (factory x segment)
+    overflow_from: Floats
+    widths: Floats
+    marginals: Floats
 
     @property
     def group_count(self) -> int:
@@ -399,16 +439,18 @@ def build_problem(factories: Sequence[FactoryState], sites: Sequence[Site],
                            slack=ttft_slo[g] - ttft, weight=np.maximum(rate, MIN_OBJECTIVE_RATE),
                            options=options)
     # The LP keeps sum(concurrency * x) within the plannable capacity; scaling each pair's
-    # concurrency by (safe share of plannable) / SLO-safe load keeps every factory within the
-    # SLO-safe load of the groups it serves (exactly so for groups of one slack) before the
+    # concurrency by (the factory's overflow start) / SLO-safe load keeps every factory within
+    # the SLO-safe load of the groups it serves (exactly so for groups of one slack) before the
     # overflow segment; never below 1, so planned load never passes the headroom.
-    plannable = ft.capacity[f] * safe_share(options)
-    scale = np.where(plannable > 0, np.maximum(
-        plannable / np.maximum(safe, plannable / MAX_CAPACITY_SCALE), 1.0), 1.0)
+    overflow_from = overflow_starts(ft.capacity, f[primary], safe[primary], options)
+    start_at = (ft.capacity * overflow_from)[f]
+    scale = np.where(start_at > 0, np.maximum(
+        start_at / np.maximum(safe, start_at / MAX_CAPACITY_SCALE), 1.0), 1.0)
     in_flight = rate[g] * duration
 
     # Leaving demand unserved must cost far more than serving it anywhere, fully queued.
-    top_queueing = queueing_marginal_costs(options)[-1]
+    marginals = segment_marginals(options, overflow_from)
+    top_queueing = marginals[f[primary], -1]
     worst = np.zeros(G, dtype=np.float64)
     np.maximum.at(worst, g[primary],
                   cost[primary] + top_queueing * duration[primary] * scale[primary])
@@ -419,8 +461,33 @@ def build_problem(factories: Sequence[FactoryState], sites: Sequence[Site],
         start=start, group=g, factory=f, check=check, cost=cost, duration=duration,
         concurrency=in_flight * scale, in_flight=in_flight, scale=scale, slo_safe_load=safe,
         ttft=ttft, previous=prev_share, primary=primary,
-        backup_capable=_backup_capable(check), share_cap=caps,
+        backup_capable=_backup_capable(check), share_cap=caps, overflow_from=overflow_from,
+        widths=segment_widths(options, ft.capacity, overflow_from), marginals=marginals,
     )
+
+
+def overflow_starts(plannable: Floats, factory: Ints, safe: Floats,
+                    options: SolveOptions) -> Floats:
+    """Per factory, where its overflow segment starts, as a share of its plannable capacity:
+    at the largest SLO-safe load among the groups it may serve as a primary, but no lower than
+    :func:`safe_share` (so the queueing segments keep their width) and no higher than the
+    plannable capacity.
+
+    Why: the overflow surcharge prices SLO misses, and a factory whose groups are all SLO-safe
+    up to the headroom has none to price there. Until session 5 every overflow started at 3/4
+    of the plannable capacity, so such a factory was planned to 60% of its slots with the
+    default headroom before filling cost a hundred times more: in the routing benchmark the
+    big, cheap, green centers (SLO-safe to 77%) ran at 57% while dear edges filled to 77%.
+    Groups with less slack at the same factory still reach only their own SLO-safe load before
+    the overflow (their concurrency is scaled up to it)."""
+    least = safe_share(options)
+    if options.queueing_segments < 2:
+        return np.ones(len(plannable), dtype=np.float64)
+    largest = np.zeros(len(plannable), dtype=np.float64)
+    np.maximum.at(largest, factory, safe)
+    share = np.divide(largest, plannable, out=np.zeros_like(largest), where=plannable > 0)
+    out: Floats = np.clip(share, least, 1.0)
+    return out
 
 
 # Above this many distinct run lengths, one sort of all pairs is cheaper than a sort per length.
@@ -540,11 +607,13 @@ def objective_value(problem: Problem, x: Floats, unserved: Floats) -> float:
                               * np.abs(x[churned] - problem.previous[churned])))
     load = np.zeros(len(problem.factories), dtype=np.float64)
     np.add.at(load, problem.factory, problem.concurrency * x)
-    marginals = queueing_marginal_costs(o)
-    segment = problem.factories.capacity / len(marginals)
-    for k, marginal in enumerate(marginals):
-        in_segment = np.clip(load - k * segment, 0.0, segment)
-        if k == len(marginals) - 1:
-            in_segment = np.maximum(load - k * segment, 0.0)
-        total += marginal * float(np.sum(in_segment))
+    K = problem.widths.shape[1]
+    begin = np.zeros(len(load), dtype=np.float64)
+    for k in range(K):
+        width = problem.widths[:, k]
+        in_segment = np.clip(load - begin, 0.0, width)
+        if k == K - 1:
+            in_segment = np.maximum(load - begin, 0.0)
+        total += float(np.sum(problem.marginals[:, k] * in_segment))
+        begin = begin + width
     return total

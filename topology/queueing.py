@@ -11,9 +11,10 @@ A request of a group meets its TTFT SLO when its wait stays within the group's *
 round trip less unloaded TTFT). The **SLO-safe load** of a (group, factory) pair is the largest
 ``a`` for which ``P(wait > slack)`` stays at or below the options' ``slo_miss_target``, never above
 the capacity the headroom leaves plannable. The LP keeps every factory's planned load within it
-plus a priced overflow (:mod:`tdn.topology.problem` scales each pair's concurrency by
-(3/4 plannable) / SLO-safe, so a group with little slack uses up a factory's capacity faster
-than one with plenty, and the last quarter of the LP's capacity is the overflow).
+plus a priced overflow up to the headroom (:mod:`tdn.topology.problem` starts each factory's
+overflow at the largest SLO-safe load of the groups it serves, at least 3/4 of the plannable
+capacity, and scales each pair's concurrency by (overflow start) / SLO-safe, so a group with
+little slack uses up a factory's capacity faster than one with plenty).
 
 This is what replaces reading the observed TTFT back into the plan: the wait is predicted from
 the load the plan itself places, so a plan that respects it does not have to be undone next

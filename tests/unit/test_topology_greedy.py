@@ -25,7 +25,7 @@ from tdn.topology.greedy import (
 )
 from tdn.topology.lp import solve_lp
 from tdn.topology.prices import capacity_prices
-from tdn.topology.problem import Problem, build_problem, objective_value, queueing_marginal_costs
+from tdn.topology.problem import Problem, build_problem, objective_value
 from tdn.topology.solver import SolveOptions, greedy, solve
 
 # The module (the package's attribute of that name is the solver's greedy()).
@@ -264,7 +264,7 @@ def test_the_slot_price_found_is_the_lps_dual_where_a_group_splits_between_two_f
     assert 0.0 < optimum.x[pair["cheap"]] < problem.share_cap[pair["cheap"]]
     assert optimum.x[pair["big"]] > 0.0
     rate = problem.objective_rate[far]
-    big_price = queueing_marginal_costs(options)[0]
+    big_price = problem.marginals[problem.factories.index["big"], 0]
     cheap_price = (rate * (problem.cost[pair["big"]] - problem.cost[pair["cheap"]])
                    + problem.concurrency[pair["big"]] * big_price
                    ) / problem.concurrency[pair["cheap"]]
