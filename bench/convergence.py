@@ -37,7 +37,7 @@ from pathlib import Path
 import grpc
 
 from bench import convergence_sidecars
-from bench.dataplane_procs import free_port
+from tdn.chaos.services import free_port
 from tdn.domain import Energy, FactorySpec, Price, Tier
 from tdn.v1 import operator_pb2, operator_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc
 from tdn.wire import energy_to_pb, price_to_pb, spec_to_identity

@@ -40,7 +40,6 @@ from bench.dataplane_procs import (
     BenchSetupError,
     Proc,
     cpu_count,
-    free_port,
     haproxy_available,
     haproxy_version,
     litellm_version,
@@ -62,6 +61,7 @@ from bench.dataplane_targets import (
 )
 from bench.dataplane_workers import HEADING as WORKERS_HEADING
 from bench.dataplane_workers import workers_section
+from tdn.chaos.services import free_port
 
 NAME = "dataplane"
 TITLE = "Data plane: sidecar overhead, failover and memory (issue 3)"

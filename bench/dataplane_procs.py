@@ -21,8 +21,6 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from tdn.chaos.services import free_port  # noqa: F401  (the benchmarks take ports from here)
-
 REPO = Path(__file__).resolve().parent.parent
 LITELLM_VENV = Path.home() / ".cache" / "tdn" / "bench-litellm"
 LITELLM_REQUIREMENT = "litellm[proxy]>=1.108.4,<1.108.10"

@@ -24,11 +24,11 @@ import yaml
 from bench.dataplane_procs import (
     Proc,
     ensure_litellm,
-    free_port,
     pinned,
     python_module,
     wait_ready,
 )
+from tdn.chaos.services import free_port
 from tdn.dataplane.policy_disk import PolicyDisk
 from tdn.domain import (
     DataPlaneSettings,

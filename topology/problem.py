@@ -480,9 +480,7 @@ def overflow_starts(plannable: Floats, factory: Ints, safe: Floats,
     big, cheap, green centers (SLO-safe to 77%) ran at 57% while dear edges filled to 77%.
     Groups with less slack at the same factory still reach only their own SLO-safe load before
     the overflow (their concurrency is scaled up to it)."""
-    least = safe_share(options)
-    if options.queueing_segments < 2:
-        return np.ones(len(plannable), dtype=np.float64)
+    least = safe_share(options)  # 1 with a single segment: no overflow at all
     largest = np.zeros(len(plannable), dtype=np.float64)
     np.maximum.at(largest, factory, safe)
     share = np.divide(largest, plannable, out=np.zeros_like(largest), where=plannable > 0)
